@@ -1,0 +1,43 @@
+/*
+ * router: the XMPP behaviour common to every gateway (SPEC 3), one
+ * instance per gateway. Takes stanzas from its component, answers disco,
+ * version, ping, registration (XEP-0077 and its ad-hoc command), gateway
+ * (XEP-0100), presence, the chat commands, and hands messages to the
+ * transport; delivers inbound messages from the queue. It never blocks:
+ * every Redis lookup is asynchronous, and a stanza is answered exactly
+ * once (a result or an error).
+ */
+#ifndef POSTERN_ROUTER_H
+#define POSTERN_ROUTER_H
+
+#include <stdbool.h>
+
+#include "queue.h"
+#include "util.h"
+
+struct router;
+struct component;
+struct transport;
+struct store;
+struct xnode;
+
+/* All borrowed; they outlive the router. */
+struct router *router_new(struct transport *t, struct component *c,
+                          struct store *s);
+void router_free(struct router *r);
+
+/* Component callbacks (struct component_cbs). */
+void router_on_stanza(void *router, const struct xnode *n);
+void router_on_state(void *router, bool up);
+
+/* queue deliver_fn / ready_fn for the gateway's inbound stream. */
+void router_deliver(void *router, const struct inmsg *m,
+                    deliver_done_fn *done, void *done_arg);
+bool router_ready(void *router);
+
+/* Stop taking new outbound messages (they get a wait error). */
+void router_stop(struct router *r);
+/* Asynchronous operations (lookups, sends) not yet completed. */
+size_t router_inflight(const struct router *r);
+
+#endif

@@ -1,0 +1,118 @@
+/*
+ * store: every Redis key and command postern uses, on hiredis 0.14's async
+ * API with the libevent adapter. hiredis 0.14 has neither command timeouts
+ * nor reconnect, so store.c adds both: each command has a timer
+ * (redis.timeout_ms) and the connection is re-established with capped
+ * exponential backoff and jitter, for ever. Commands issued while the link
+ * is down fail at once (temporary error) -- they never wait unbounded.
+ *
+ * Keys (all under <prefix>:, <gw> is the gateway JID):
+ *   <prefix>:reg:<gw>:j2a          hash  bare JID -> address
+ *   <prefix>:reg:<gw>:a2j          hash  address  -> bare JID
+ *   <prefix>:contacts:<gw>:<jid>   set   contact nodes the user subscribed to
+ *   <prefix>:stream:<name>         stream  durable queues (queue.c names them)
+ *   <prefix>:seen:<name>:<id>      string  dedupe markers with expiry
+ *
+ * Contract of every asynchronous call: the callback runs exactly once,
+ * never before the call returns, with err NULL on success. Pointers passed
+ * to a callback are borrowed for the duration of the callback only.
+ */
+#ifndef POSTERN_STORE_H
+#define POSTERN_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "util.h"
+
+struct event_base;
+struct store;
+
+typedef void store_done_fn(const struct error *err, void *arg);
+typedef void store_str_fn(const struct error *err, const char *value,
+                          void *arg);
+typedef void store_list_fn(const struct error *err, size_t n,
+                           char *const *keys, char *const *values, void *arg);
+typedef void store_state_fn(bool up, void *arg);
+
+/*
+ * url: redis://[[user]:password@]host[:port][/db] or unix:/path[?db=N].
+ * Starts connecting at once (asynchronously). Returns NULL with err
+ * filled when the URL is malformed. Free with store_free.
+ */
+struct store *store_new(struct event_base *base, const char *url,
+                        const char *prefix, unsigned timeout_ms,
+                        struct error *err);
+/* Fails outstanding commands (callbacks run with an error), disconnects. */
+void store_free(struct store *s);
+bool store_connected(const struct store *s);
+/* Called on every transition up/down. */
+void store_on_state(struct store *s, store_state_fn *fn, void *arg);
+const char *store_prefix(const struct store *s);
+
+void store_ping(struct store *s, store_done_fn *fn, void *arg);
+
+/* Registrations. value = address / bare JID, NULL when none. */
+void store_reg_get_addr(struct store *s, const char *gw, const char *bare_jid,
+                        store_str_fn *fn, void *arg);
+void store_reg_get_jid(struct store *s, const char *gw, const char *addr,
+                       store_str_fn *fn, void *arg);
+/*
+ * Atomically (one Lua script) binds bare_jid <-> addr. Fails with
+ * COND_CONFLICT when another JID holds addr. Re-registering replaces the
+ * JID's previous address.
+ */
+void store_reg_set(struct store *s, const char *gw, const char *bare_jid,
+                   const char *addr, store_done_fn *fn, void *arg);
+/* Removes the binding and the user's contacts; value = removed addr/NULL. */
+void store_reg_remove(struct store *s, const char *gw, const char *bare_jid,
+                      store_str_fn *fn, void *arg);
+/* keys = bare JIDs, values = addresses. */
+void store_reg_list(struct store *s, const char *gw, store_list_fn *fn,
+                    void *arg);
+
+/* Contacts a user subscribed to (values NULL in the list callback). */
+void store_contact_add(struct store *s, const char *gw, const char *bare_jid,
+                       const char *contact_node, store_done_fn *fn, void *arg);
+void store_contact_remove(struct store *s, const char *gw,
+                          const char *bare_jid, const char *contact_node,
+                          store_done_fn *fn, void *arg);
+void store_contact_list(struct store *s, const char *gw, const char *bare_jid,
+                        store_list_fn *fn, void *arg);
+
+/* Durable streams (Redis Streams with one consumer group per stream). */
+struct store_entry {
+    char *id;          /* stream entry id */
+    char *payload;     /* the "p" field */
+    unsigned deliveries; /* times delivered to a consumer (1 = first) */
+};
+typedef void store_entries_fn(const struct error *err,
+                              const struct store_entry *entries, size_t n,
+                              void *arg);
+
+/*
+ * XADD payload to stream <name>. When dedupe_id is non-NULL, the add
+ * happens only if <prefix>:seen:<name>:<dedupe_id> did not exist (set with
+ * dedupe_ttl_s expiry in the same script); value is the new entry id, or
+ * NULL for a duplicate (still a success).
+ */
+void store_stream_add(struct store *s, const char *name, const char *dedupe_id,
+                      unsigned dedupe_ttl_s, const char *payload,
+                      store_str_fn *fn, void *arg);
+/*
+ * Reads up to count entries for consumer in group (created with MKSTREAM
+ * when missing): first entries pending longer than min_idle_ms for any
+ * consumer (XAUTOCLAIM: crashed or slow peers), then new ones (XREADGROUP
+ * >). Never blocks the connection.
+ */
+void store_stream_read(struct store *s, const char *name, const char *group,
+                       const char *consumer, unsigned count,
+                       unsigned min_idle_ms, store_entries_fn *fn, void *arg);
+/* XACK + XDEL. */
+void store_stream_ack(struct store *s, const char *name, const char *group,
+                      const char *id, store_done_fn *fn, void *arg);
+/* XLEN; value is the decimal length. */
+void store_stream_len(struct store *s, const char *name, store_str_fn *fn,
+                      void *arg);
+
+#endif
