@@ -16,13 +16,23 @@
 #include "util.h"
 
 struct router;
-struct component;
 struct transport;
 struct store;
 struct xnode;
 
-/* All borrowed; they outlive the router. */
-struct router *router_new(struct transport *t, struct component *c,
+/*
+ * Where the router's stanzas go: main.c wires it to component_send /
+ * component_up; unit tests to a recorder.
+ */
+struct router_sink {
+    /* -1 with err (temporary) when the stream is down. */
+    int (*send)(void *arg, const struct xnode *n, struct error *err);
+    bool (*up)(void *arg);
+    void *arg;
+};
+
+/* t and s borrowed (they outlive the router); sink copied. */
+struct router *router_new(struct transport *t, const struct router_sink *sink,
                           struct store *s);
 void router_free(struct router *r);
 
