@@ -35,14 +35,32 @@ struct event_base;
 struct store;
 struct queue;
 struct http_server;
+struct http_client;
+struct transport;
+
+/* A provider's report on a message it accepted earlier. */
+enum delivery_state {
+    DELIVERY_SENT,        /* handed to the carrier: nothing to tell */
+    DELIVERY_DELIVERED,   /* -> XEP-0184 <received/> */
+    DELIVERY_FAILED,      /* undelivered/failed -> error stanza */
+};
 
 /* Services the core lends every transport instance (all borrowed). */
 struct transport_host {
     struct event_base *base;
     struct store *store;
     struct queue *queue;
-    struct http_server *http; /* NULL when http.listen is "" */
+    struct http_server *http;   /* NULL when http.listen is "" */
+    struct http_client *http_client; /* NULL in tests without HTTP */
     const struct config *config;
+    /*
+     * A delivery status for provider_id arrived (status webhook). err is
+     * the provider's reason for DELIVERY_FAILED, else NULL. The core maps
+     * provider_id back to the sender and stanza id. May be NULL in tests.
+     */
+    void (*delivery)(void *arg, struct transport *t, const char *provider_id,
+                     enum delivery_state state, const struct error *err);
+    void *delivery_arg;
 };
 
 #define MSG_MAX_MEDIA 10
