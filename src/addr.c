@@ -83,8 +83,8 @@ int jid_parse(const char *s, struct jid *out)
         if (rlen == 0)
             return -1;
     }
-    if (dlen == 0 || nlen >= sizeof(out->node) ||
-        dlen >= sizeof(out->domain) || rlen >= sizeof(out->resource))
+    if (dlen == 0 || nlen >= sizeof(out->node) || dlen >= sizeof(out->domain) ||
+        rlen >= sizeof(out->resource))
         return -1;
     for (size_t i = 0; i < dlen; i++) {
         unsigned char c = (unsigned char)dom[i];

@@ -87,10 +87,11 @@ int jid_unescape_node(const char *in, char *out, size_t size);
 /*
  * A practical email address check for routing: one '@', non-empty local
  * part of at most 64 bytes of printable ASCII without spaces, control
- * characters or "<>()[],;:\\\"" and without leading, trailing or doubled
- * dots; a domain of labels [A-Za-z0-9-] (1-63 bytes, no '-' first or
- * last) separated by dots with at least one dot, not numeric at the end
- * (IP addresses and literals are refused); total <= 254.
+ * characters or any of < > ( ) [ ] , ; : \ " and without leading,
+ * trailing or doubled dots; a domain of labels [A-Za-z0-9-] (1-63
+ * bytes, no '-' first or last) separated by dots with at least one dot,
+ * not numeric at the end (IP addresses and literals are refused); total
+ * <= 254.
  */
 bool email_valid(const char *addr);
 /*

@@ -18,6 +18,7 @@
 #include "router.h"
 
 #include <ctype.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,6 +37,7 @@
 /* XEP-0115 node: the software's URI; documented in the README. */
 #define CAPS_NODE "https://postern.invalid/caps"
 #define ADDR_MAX 512
+#define NODE_MAX 1024 /* a JID node, RFC 7622 */
 #define FEATURES_MAX 12
 
 struct feature_set {
@@ -193,15 +195,14 @@ static void reply_cond(struct router *r, const struct xnode *st, int cond,
 }
 
 /* A store or transport error without a condition still needs one. */
-static void fix_error(struct error *err, const struct error *src)
+static void fix_error(struct error *e)
 {
-    *err = *src;
-    if (err->code == COND_NONE) {
-        err->code = COND_INTERNAL_SERVER_ERROR;
-        err->temporary = true;
+    if (e->code == COND_NONE) {
+        e->code = COND_INTERNAL_SERVER_ERROR;
+        e->temporary = true;
     }
-    if (!err->msg[0])
-        snprintf(err->msg, sizeof(err->msg), "%s",
+    if (!e->msg[0])
+        snprintf(e->msg, sizeof(e->msg), "%s",
                  "The gateway could not complete the request");
 }
 
@@ -225,8 +226,8 @@ static void add_caps(struct xnode *p, const struct feature_set *fs)
     xnode_set_attr(c, "ver", fs->ver);
 }
 
-static void send_available(struct router *r, const char *from,
-                           const char *to, const struct feature_set *fs)
+static void send_available(struct router *r, const char *from, const char *to,
+                           const struct feature_set *fs)
 {
     struct xnode *p = presence(from, to, NULL);
 
@@ -239,3 +240,1324 @@ static char *contact_jid(const struct router *r, const char *node)
     return xasprintf("%s@%s", node, r->gw);
 }
 
+/* Plain chat from the gateway JID, in the thread of orig when it had one. */
+static void send_chat(struct router *r, const char *to,
+                      const struct xnode *orig, const char *text)
+{
+    struct xnode *m = stanza_message(r->gw, to, "chat", text);
+    const char *thread = orig ? xnode_child_text(orig, "thread", NULL) : NULL;
+
+    if (thread)
+        xnode_add_text(m, "thread", thread);
+    emit(r, m);
+}
+
+/* ---- service discovery ------------------------------------------------- */
+
+static void features_add(struct feature_set *fs, const char *f)
+{
+    if (fs->n < FEATURES_MAX)
+        fs->v[fs->n++] = f;
+}
+
+static bool media_capable(const struct router *r)
+{
+    return (r->t->ops->caps & TCAP_MEDIA) != 0;
+}
+
+static void build_features(struct router *r)
+{
+    struct feature_set *g = &r->gw_features;
+    struct feature_set *c = &r->contact_features;
+
+    features_add(g, NS_DISCO_INFO);
+    features_add(g, NS_DISCO_ITEMS);
+    features_add(g, NS_COMMANDS);
+    features_add(g, NS_REGISTER);
+    features_add(g, NS_GATEWAY);
+    features_add(g, NS_VERSION);
+    features_add(g, NS_PING);
+    features_add(g, NS_RECEIPTS);
+    features_add(c, NS_DISCO_INFO);
+    features_add(c, NS_VERSION);
+    features_add(c, NS_PING);
+    features_add(c, NS_RECEIPTS);
+    if (media_capable(r)) {
+        features_add(g, NS_OOB);
+        features_add(c, NS_OOB);
+    }
+    stanza_caps_ver("gateway", r->t->ops->identity_type, r->gw_name, g->v, g->n,
+                    g->ver, sizeof(g->ver));
+    stanza_caps_ver("client", r->contact_type, NULL, c->v, c->n, c->ver,
+                    sizeof(c->ver));
+}
+
+static struct xnode *result_query(const struct xnode *iq, const char *ns)
+{
+    struct xnode *res = stanza_iq_result(iq);
+
+    xnode_add_ns(res, "query", ns);
+    return res;
+}
+
+static void add_identity(struct xnode *q, const char *category,
+                         const char *type, const char *name)
+{
+    struct xnode *id = xnode_add(q, "identity");
+
+    xnode_set_attr(id, "category", category);
+    xnode_set_attr(id, "type", type);
+    xnode_set_attr(id, "name", name);
+}
+
+static void add_features(struct xnode *q, const struct feature_set *fs)
+{
+    for (size_t i = 0; i < fs->n; i++)
+        xnode_set_attr(xnode_add(q, "feature"), "var", fs->v[i]);
+}
+
+/* A disco node is ours when absent or CAPS_NODE#ver (XEP-0115 6.2). */
+static bool caps_node_matches(const char *node, const struct feature_set *fs)
+{
+    size_t len = strlen(CAPS_NODE);
+
+    if (!node)
+        return true;
+    return strncmp(node, CAPS_NODE, len) == 0 && node[len] == '#' &&
+           strcmp(node + len + 1, fs->ver) == 0;
+}
+
+static void gw_disco_info(struct router *r, const struct in *in,
+                          const struct xnode *q)
+{
+    const char *node = xnode_attr(q, "node");
+    struct xnode *res;
+    struct xnode *rq;
+
+    if (caps_node_matches(node, &r->gw_features)) {
+        res = result_query(in->st, NS_DISCO_INFO);
+        rq = res->kids[0];
+        xnode_set_attr(rq, "node", node);
+        add_identity(rq, "gateway", r->t->ops->identity_type, r->gw_name);
+        add_features(rq, &r->gw_features);
+    } else if (strcmp(node, NS_COMMANDS) == 0) {
+        res = result_query(in->st, NS_DISCO_INFO);
+        rq = res->kids[0];
+        xnode_set_attr(rq, "node", node);
+        add_identity(rq, "automation", "command-list", "Commands");
+    } else if (strcmp(node, NS_REGISTER) == 0) {
+        res = result_query(in->st, NS_DISCO_INFO);
+        rq = res->kids[0];
+        xnode_set_attr(rq, "node", node);
+        add_identity(rq, "automation", "command-node", "Register");
+        xnode_set_attr(xnode_add(rq, "feature"), "var", NS_COMMANDS);
+        xnode_set_attr(xnode_add(rq, "feature"), "var", NS_DATA);
+    } else {
+        reply_cond(r, in->st, COND_ITEM_NOT_FOUND, false, "No such node");
+        return;
+    }
+    emit(r, res);
+}
+
+static void gw_disco_items(struct router *r, const struct in *in,
+                           const struct xnode *q)
+{
+    const char *node = xnode_attr(q, "node");
+    struct xnode *res;
+    struct xnode *rq;
+
+    if (node && strcmp(node, NS_COMMANDS) != 0 &&
+        strcmp(node, NS_REGISTER) != 0) {
+        reply_cond(r, in->st, COND_ITEM_NOT_FOUND, false, "No such node");
+        return;
+    }
+    res = result_query(in->st, NS_DISCO_ITEMS);
+    rq = res->kids[0];
+    xnode_set_attr(rq, "node", node);
+    if (node && strcmp(node, NS_COMMANDS) == 0) {
+        struct xnode *it = xnode_add(rq, "item");
+        xnode_set_attr(it, "jid", r->gw);
+        xnode_set_attr(it, "node", NS_REGISTER);
+        xnode_set_attr(it, "name", "Register");
+    }
+    emit(r, res);
+}
+
+static void version_result(struct router *r, const struct in *in)
+{
+    struct xnode *res = result_query(in->st, NS_VERSION);
+
+    xnode_add_text(res->kids[0], "name", "postern");
+    xnode_add_text(res->kids[0], "version", POSTERN_VERSION);
+    emit(r, res);
+}
+
+/* ---- registration ------------------------------------------------------ */
+
+static const char *reg_field(const struct router *r)
+{
+    return r->t->ops->reg_field ? r->t->ops->reg_field : "username";
+}
+
+/* An example of what users may claim, for prompts and help texts. */
+static char *reg_example(const struct router *r)
+{
+    const struct gateway_conf *c = r->t->conf;
+
+    if (c->numbers.n > 0)
+        return xstrdup(c->numbers.v[0]);
+    if (c->mail_domain && c->mail_domain[0])
+        return xasprintf("you@%s", c->mail_domain);
+    return xasprintf("<%s>", reg_field(r));
+}
+
+static void add_field(struct xnode *x, const char *var, const char *type,
+                      const char *label, const char *value, bool required)
+{
+    struct xnode *f = xnode_add(x, "field");
+
+    xnode_set_attr(f, "var", var);
+    xnode_set_attr(f, "type", type);
+    xnode_set_attr(f, "label", label);
+    if (required)
+        xnode_add(f, "required");
+    if (value)
+        xnode_add_text(f, "value", value);
+}
+
+/* XEP-0004 form with FORM_TYPE jabber:iq:register and the one field. */
+static void add_reg_form(const struct router *r, struct xnode *parent,
+                         const char *current)
+{
+    struct xnode *x = xnode_add_ns(parent, "x", NS_DATA);
+    const char *instr = r->t->ops->instructions;
+
+    xnode_set_attr(x, "type", "form");
+    xnode_add_text(x, "title", r->gw_name);
+    if (instr)
+        xnode_add_text(x, "instructions", instr);
+    add_field(x, "FORM_TYPE", "hidden", NULL, NS_REGISTER, false);
+    add_field(x, reg_field(r), "text-single",
+              r->t->ops->reg_label ? r->t->ops->reg_label : reg_field(r),
+              current, true);
+}
+
+/* The value of field var in a submitted form, or NULL. */
+static const char *form_value(const struct xnode *x, const char *var)
+{
+    for (size_t i = 0; i < x->nkids; i++) {
+        const struct xnode *f = x->kids[i];
+        const char *v = xnode_attr(f, "var");
+        if (strcmp(f->name, "field") == 0 && v && strcmp(v, var) == 0)
+            return xnode_child_text(f, "value", NULL);
+    }
+    return NULL;
+}
+
+static struct xnode *command_reply(const struct op *op, const char *status)
+{
+    struct xnode *res = stanza_iq_result(op->st);
+    struct xnode *c = xnode_add_ns(res, "command", NS_COMMANDS);
+
+    xnode_set_attr(c, "node", NS_REGISTER);
+    xnode_set_attr(c, "sessionid", op->sessionid);
+    xnode_set_attr(c, "status", status);
+    return res;
+}
+
+static void log_reg(struct router *r, const char *what, const char *bare,
+                    const char *addr)
+{
+    char mj[128], ma[128];
+
+    log_info(r->mod, "%s %s as %s", what, log_mask(bare, mj, sizeof(mj)),
+             addr ? log_mask(addr, ma, sizeof(ma)) : "-");
+}
+
+/* Answers a registration lookup (get, command execute, status, probe). */
+static void reg_lookup_answer(struct router *r, struct op *op,
+                              const char *current);
+static void presence_contacts(struct router *r, struct op *op);
+
+static void on_reg_get(const struct error *err, const char *value, void *arg)
+{
+    struct op *op = arg;
+    struct router *r;
+    struct error e;
+
+    if (op_orphaned(op))
+        return;
+    r = op->r;
+    if (err) {
+        e = *err;
+        fix_error(&e);
+        switch (op->origin) {
+        case ORIGIN_CHAT: {
+            char *text =
+                xasprintf("Cannot look up your registration: %s", e.msg);
+            send_chat(r, op->from, op->st, text);
+            free(text);
+            break;
+        }
+        case ORIGIN_PRESENCE:
+        case ORIGIN_NONE:
+            log_warn(r->mod, "registration lookup failed: %s", e.msg);
+            break;
+        default:
+            reply_error(r, op->st, &e);
+        }
+        op_free(op);
+        return;
+    }
+    if (op->origin == ORIGIN_PRESENCE && value) {
+        presence_contacts(r, op); /* continues with op */
+        return;
+    }
+    reg_lookup_answer(r, op, value);
+    op_free(op);
+}
+
+static void reg_lookup_answer(struct router *r, struct op *op,
+                              const char *current)
+{
+    switch (op->origin) {
+    case ORIGIN_IQ: {
+        struct xnode *res = result_query(op->st, NS_REGISTER);
+        struct xnode *q = res->kids[0];
+        if (r->t->ops->instructions)
+            xnode_add_text(q, "instructions", r->t->ops->instructions);
+        if (current)
+            xnode_add(q, "registered");
+        xnode_add_text(q, reg_field(r), current ? current : "");
+        add_reg_form(r, q, current);
+        emit(r, res);
+        break;
+    }
+    case ORIGIN_ADHOC: {
+        struct xnode *res = command_reply(op, "executing");
+        struct xnode *c = res->kids[0];
+        struct xnode *actions = xnode_add(c, "actions");
+        xnode_set_attr(actions, "execute", "complete");
+        xnode_add(actions, "complete");
+        add_reg_form(r, c, current);
+        emit(r, res);
+        break;
+    }
+    case ORIGIN_CHAT: {
+        char *text;
+        if (current) {
+            text = xasprintf("You are registered as %s.", current);
+        } else {
+            char *ex = reg_example(r);
+            text = xasprintf("You are not registered. Send: register %s", ex);
+            free(ex);
+        }
+        send_chat(r, op->from, op->st, text);
+        free(text);
+        break;
+    }
+    default:
+        break; /* presence from an unregistered user: nothing to say */
+    }
+}
+
+/* XEP-0100 4.1: the gateway asks for the user's presence. */
+static void after_register(struct router *r, const struct op *op)
+{
+    emit(r, presence(r->gw, op->bare, "subscribe"));
+}
+
+static void reg_finish(struct router *r, struct op *op, const struct error *err)
+{
+    switch (op->origin) {
+    case ORIGIN_IQ:
+        if (err)
+            reply_error(r, op->st, err);
+        else
+            emit(r, stanza_iq_result(op->st));
+        break;
+    case ORIGIN_ADHOC:
+        if (err) {
+            reply_error(r, op->st, err);
+        } else {
+            struct xnode *res = command_reply(op, "completed");
+            char *text = xasprintf("Registered as %s.", op->addr);
+            struct xnode *note = xnode_add_text(res->kids[0], "note", text);
+            xnode_set_attr(note, "type", "info");
+            free(text);
+            emit(r, res);
+        }
+        break;
+    case ORIGIN_CHAT: {
+        char *text = err ? xasprintf("Registration failed: %s", err->msg)
+                         : xasprintf("Registered as %s. Message contacts as "
+                                     "<address>@%s.",
+                                     op->addr, r->gw);
+        send_chat(r, op->from, op->st, text);
+        free(text);
+        break;
+    }
+    default:
+        break;
+    }
+    if (!err) {
+        log_reg(r, "registered", op->bare, op->addr);
+        after_register(r, op);
+    }
+    op_free(op);
+}
+
+static void on_reg_set(const struct error *err, void *arg)
+{
+    struct op *op = arg;
+    struct error e;
+
+    if (op_orphaned(op))
+        return;
+    if (err) {
+        e = *err;
+        fix_error(&e);
+        reg_finish(op->r, op, &e);
+        return;
+    }
+    reg_finish(op->r, op, NULL);
+}
+
+/* Claims typed for op->bare and binds it in the store. Takes op. */
+static void reg_begin(struct router *r, struct op *op, const char *typed)
+{
+    char addr[ADDR_MAX];
+    struct error err;
+    char *value = xstrdup(typed ? typed : "");
+
+    error_clear(&err);
+    str_trim(value);
+    if (!value[0]) {
+        error_set(&err, COND_NOT_ACCEPTABLE, false, "Missing %s", reg_field(r));
+    } else if (!r->t->ops->claim ||
+               r->t->ops->claim(r->t, value, addr, sizeof(addr), &err) < 0) {
+        if (err.code == COND_NONE)
+            err.code = COND_NOT_ACCEPTABLE;
+        if (!err.msg[0])
+            snprintf(err.msg, sizeof(err.msg), "You cannot claim %s", value);
+    }
+    free(value);
+    if (err.code != COND_NONE) {
+        reg_finish(r, op, &err);
+        return;
+    }
+    op->addr = xstrdup(addr);
+    store_reg_set(r->store, r->gw, op->bare, op->addr, on_reg_set, op);
+}
+
+/* ---- unregistration ---------------------------------------------------- */
+
+/*
+ * XEP-0100 4.3: the gateway and each contact end both subscriptions
+ * and go offline for the user.
+ */
+static void say_goodbye(struct router *r, const char *from, const char *to)
+{
+    emit(r, presence(from, to, "unsubscribe"));
+    emit(r, presence(from, to, "unsubscribed"));
+    emit(r, presence(from, to, "unavailable"));
+}
+
+static void unreg_finish(struct router *r, struct op *op,
+                         const struct error *err)
+{
+    switch (op->origin) {
+    case ORIGIN_IQ:
+        if (err)
+            reply_error(r, op->st, err);
+        else
+            emit(r, stanza_iq_result(op->st));
+        break;
+    case ORIGIN_CHAT:
+        send_chat(r, op->from, op->st,
+                  err ? err->msg
+                      : "Unregistered. Nothing more will be sent "
+                        "or delivered for you.");
+        break;
+    default:
+        break;
+    }
+    if (!err) {
+        log_reg(r, "unregistered", op->bare, op->addr);
+        for (size_t i = 0; i < op->n_contacts; i++) {
+            char *cj = contact_jid(r, op->contacts[i]);
+            say_goodbye(r, cj, op->bare);
+            free(cj);
+        }
+        say_goodbye(r, r->gw, op->bare);
+    }
+    op_free(op);
+}
+
+static void on_unreg_removed(const struct error *err, const char *value,
+                             void *arg)
+{
+    struct op *op = arg;
+    struct error e;
+
+    if (op_orphaned(op))
+        return;
+    if (err) {
+        e = *err;
+        fix_error(&e);
+        unreg_finish(op->r, op, &e);
+    } else if (!value) {
+        error_set(&e, COND_REGISTRATION_REQUIRED, false,
+                  "You are not registered");
+        unreg_finish(op->r, op, &e);
+    } else {
+        op->addr = xstrdup(value);
+        unreg_finish(op->r, op, NULL);
+    }
+}
+
+static void on_unreg_contacts(const struct error *err, size_t n,
+                              char *const *keys, char *const *values, void *arg)
+{
+    struct op *op = arg;
+    struct error e;
+
+    (void)values;
+    if (op_orphaned(op))
+        return;
+    if (err) {
+        e = *err;
+        fix_error(&e);
+        unreg_finish(op->r, op, &e);
+        return;
+    }
+    op->contacts = xcalloc(n, sizeof(*op->contacts));
+    for (size_t i = 0; i < n; i++)
+        if (keys[i])
+            op->contacts[op->n_contacts++] = xstrdup(keys[i]);
+    /* Listed first: removing the registration drops the contact set. */
+    store_reg_remove(op->r->store, op->r->gw, op->bare, on_unreg_removed, op);
+}
+
+static void unreg_begin(struct router *r, struct op *op)
+{
+    store_contact_list(r->store, r->gw, op->bare, on_unreg_contacts, op);
+}
+
+/* ---- IQ ---------------------------------------------------------------- */
+
+static void iq_register(struct router *r, const struct in *in,
+                        const struct xnode *q, bool set)
+{
+    struct op *op;
+
+    if (!in->allowed) {
+        reply_cond(r, in->st, COND_NOT_ALLOWED, false,
+                   "Your server is not allowed to register with this "
+                   "gateway");
+        return;
+    }
+    op = op_new(r, ORIGIN_IQ, in);
+    if (!set) {
+        store_reg_get_addr(r->store, r->gw, in->bare, on_reg_get, op);
+    } else if (xnode_child(q, "remove", NULL)) {
+        unreg_begin(r, op);
+    } else {
+        const struct xnode *x = xnode_child(q, "x", NS_DATA);
+        const char *v = x ? form_value(x, reg_field(r)) : NULL;
+        if (!v)
+            v = xnode_child_text(q, reg_field(r), NULL);
+        reg_begin(r, op, v);
+    }
+}
+
+/* XEP-0050, node jabber:iq:register. Sessions are stateless: the form
+ * carries everything, so any sessionid we handed out is accepted. */
+static void iq_command(struct router *r, const struct in *in,
+                       const struct xnode *cmd)
+{
+    const char *node = xnode_attr(cmd, "node");
+    const char *action = xnode_attr(cmd, "action");
+    const char *sid = xnode_attr(cmd, "sessionid");
+    const struct xnode *x = xnode_child(cmd, "x", NS_DATA);
+    const char *xtype = x ? xnode_attr(x, "type") : NULL;
+    struct op *op;
+    char fresh[24];
+
+    if (!node || strcmp(node, NS_REGISTER) != 0) {
+        reply_cond(r, in->st, COND_ITEM_NOT_FOUND, false, "No such command");
+        return;
+    }
+    if (!in->allowed) {
+        reply_cond(r, in->st, COND_NOT_ALLOWED, false,
+                   "Your server is not allowed to register with this "
+                   "gateway");
+        return;
+    }
+    if (!action)
+        action = "execute";
+    if (strcmp(action, "cancel") == 0 || (xtype && !strcmp(xtype, "cancel"))) {
+        struct xnode *res = stanza_iq_result(in->st);
+        struct xnode *c = xnode_add_ns(res, "command", NS_COMMANDS);
+        xnode_set_attr(c, "node", node);
+        xnode_set_attr(c, "sessionid", sid);
+        xnode_set_attr(c, "status", "canceled");
+        emit(r, res);
+        return;
+    }
+    if (strcmp(action, "execute") != 0 && strcmp(action, "complete") != 0 &&
+        strcmp(action, "next") != 0) {
+        reply_cond(r, in->st, COND_BAD_REQUEST, false,
+                   "This command has a single step");
+        return;
+    }
+    bool submitted = x && xtype && strcmp(xtype, "submit") == 0;
+    if (!submitted && strcmp(action, "execute") != 0) {
+        reply_cond(r, in->st, COND_BAD_REQUEST, false,
+                   "The registration form is missing");
+        return;
+    }
+    op = op_new(r, ORIGIN_ADHOC, in);
+    if (sid) {
+        op->sessionid = xstrdup(sid);
+    } else {
+        stanza_new_id(fresh);
+        op->sessionid = xstrdup(fresh);
+    }
+    if (submitted)
+        reg_begin(r, op, form_value(x, reg_field(r)));
+    else
+        store_reg_get_addr(r->store, r->gw, in->bare, on_reg_get, op);
+}
+
+static void iq_gateway(struct router *r, const struct in *in,
+                       const struct xnode *q, bool set)
+{
+    const struct transport_ops *ops = r->t->ops;
+    struct xnode *res;
+
+    if (!set) {
+        res = result_query(in->st, NS_GATEWAY);
+        if (ops->gateway_desc)
+            xnode_add_text(res->kids[0], "desc", ops->gateway_desc);
+        xnode_add_text(res->kids[0], "prompt",
+                       ops->gateway_prompt ? ops->gateway_prompt : "Address");
+        emit(r, res);
+        return;
+    }
+    const char *typed = xnode_child_text(q, "prompt", NULL);
+    char addr[ADDR_MAX], node[NODE_MAX];
+    struct error err;
+
+    error_clear(&err);
+    if (!typed || str_blank(typed)) {
+        error_set(&err, COND_BAD_REQUEST, false, "Missing <prompt/>");
+    } else if (!ops->addr_from_human || !ops->addr_to_node ||
+               ops->addr_from_human(r->t, typed, addr, sizeof(addr), &err) <
+                   0) {
+        if (err.code == COND_NONE)
+            error_set(&err, COND_NOT_ACCEPTABLE, false, "Not a valid address");
+    } else if (ops->addr_to_node(r->t, addr, node, sizeof(node)) < 0) {
+        error_set(&err, COND_NOT_ACCEPTABLE, false, "Not a valid address");
+    }
+    if (err.code != COND_NONE) {
+        reply_error(r, in->st, &err);
+        return;
+    }
+    res = result_query(in->st, NS_GATEWAY);
+    char *jid = contact_jid(r, node);
+    xnode_add_text(res->kids[0], "jid", jid);
+    free(jid);
+    emit(r, res);
+}
+
+static void iq_to_gateway(struct router *r, const struct in *in,
+                          const struct xnode *q, bool set)
+{
+    const char *ns = xnode_ns(q);
+
+    if (!ns) {
+        /* fall through to service-unavailable */
+    } else if (strcmp(ns, NS_DISCO_INFO) == 0 && !set) {
+        gw_disco_info(r, in, q);
+        return;
+    } else if (strcmp(ns, NS_DISCO_ITEMS) == 0 && !set) {
+        gw_disco_items(r, in, q);
+        return;
+    } else if (strcmp(ns, NS_VERSION) == 0 && !set) {
+        version_result(r, in);
+        return;
+    } else if (strcmp(ns, NS_PING) == 0 && !set) {
+        emit(r, stanza_iq_result(in->st));
+        return;
+    } else if (strcmp(ns, NS_REGISTER) == 0 && !strcmp(q->name, "query")) {
+        iq_register(r, in, q, set);
+        return;
+    } else if (strcmp(ns, NS_GATEWAY) == 0 && !strcmp(q->name, "query")) {
+        iq_gateway(r, in, q, set);
+        return;
+    } else if (strcmp(ns, NS_COMMANDS) == 0 && set &&
+               !strcmp(q->name, "command")) {
+        iq_command(r, in, q);
+        return;
+    }
+    reply_cond(r, in->st, COND_SERVICE_UNAVAILABLE, false,
+               "Not supported by this gateway");
+}
+
+/* Contact JID node -> address, or an error condition already set. */
+static int parse_contact(struct router *r, const char *node, char *addr,
+                         size_t size, struct error *err)
+{
+    error_clear(err);
+    if (!r->t->ops->addr_parse ||
+        r->t->ops->addr_parse(r->t, node, addr, size, err) < 0) {
+        err->code = COND_JID_MALFORMED;
+        err->temporary = false;
+        if (!err->msg[0])
+            snprintf(err->msg, sizeof(err->msg), "%s",
+                     "Not a valid address for this gateway");
+        return -1;
+    }
+    return 0;
+}
+
+static void iq_to_contact(struct router *r, const struct in *in,
+                          const struct xnode *q, bool set)
+{
+    const char *ns = xnode_ns(q);
+    char addr[ADDR_MAX];
+    struct error err;
+
+    if (parse_contact(r, in->to_jid.node, addr, sizeof(addr), &err) < 0) {
+        reply_error(r, in->st, &err);
+        return;
+    }
+    if (ns && !set && strcmp(ns, NS_DISCO_INFO) == 0 &&
+        caps_node_matches(xnode_attr(q, "node"), &r->contact_features)) {
+        struct xnode *res = result_query(in->st, NS_DISCO_INFO);
+        xnode_set_attr(res->kids[0], "node", xnode_attr(q, "node"));
+        add_identity(res->kids[0], "client", r->contact_type, NULL);
+        add_features(res->kids[0], &r->contact_features);
+        emit(r, res);
+    } else if (ns && !set && strcmp(ns, NS_DISCO_ITEMS) == 0 &&
+               !xnode_attr(q, "node")) {
+        emit(r, result_query(in->st, NS_DISCO_ITEMS));
+    } else if (ns && !set && strcmp(ns, NS_VERSION) == 0) {
+        version_result(r, in);
+    } else if (ns && !set && strcmp(ns, NS_PING) == 0) {
+        emit(r, stanza_iq_result(in->st));
+    } else if (ns && (strcmp(ns, NS_DISCO_INFO) == 0 ||
+                      strcmp(ns, NS_DISCO_ITEMS) == 0)) {
+        reply_cond(r, in->st, COND_ITEM_NOT_FOUND, false, "No such node");
+    } else {
+        reply_cond(r, in->st, COND_SERVICE_UNAVAILABLE, false,
+                   "Not supported by this contact");
+    }
+}
+
+static void handle_iq(struct router *r, const struct in *in)
+{
+    bool set;
+    const struct xnode *q = NULL;
+
+    if (!in->type)
+        return;
+    if (strcmp(in->type, "get") == 0)
+        set = false;
+    else if (strcmp(in->type, "set") == 0)
+        set = true;
+    else
+        return; /* result / error: postern sends no queries */
+    for (size_t i = 0; i < in->st->nkids && !q; i++)
+        if (strcmp(in->st->kids[i]->name, "error") != 0)
+            q = in->st->kids[i];
+    if (!q) {
+        reply_cond(r, in->st, COND_BAD_REQUEST, false, "Empty request");
+        return;
+    }
+    if (in->to_jid.node[0])
+        iq_to_contact(r, in, q, set);
+    else
+        iq_to_gateway(r, in, q, set);
+}
+
+/* ---- presence ---------------------------------------------------------- */
+
+static void on_pres_contacts(const struct error *err, size_t n,
+                             char *const *keys, char *const *values, void *arg)
+{
+    struct op *op = arg;
+    struct router *r;
+
+    (void)values;
+    if (op_orphaned(op))
+        return;
+    r = op->r;
+    send_available(r, r->gw, op->bare, &r->gw_features);
+    if (err) {
+        log_warn(r->mod, "cannot list contacts: %s", err->msg);
+        n = 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!keys[i])
+            continue;
+        char *cj = contact_jid(r, keys[i]);
+        send_available(r, cj, op->bare, &r->contact_features);
+        free(cj);
+    }
+    op_free(op);
+}
+
+static void presence_contacts(struct router *r, struct op *op)
+{
+    store_contact_list(r->store, r->gw, op->bare, on_pres_contacts, op);
+}
+
+static void on_contact_stored(const struct error *err, void *arg)
+{
+    struct op *op = arg;
+
+    if (op_orphaned(op))
+        return;
+    if (err)
+        log_warn(op->r->mod, "cannot update contacts: %s", err->msg);
+    op_free(op);
+}
+
+static void presence_to_gateway(struct router *r, const struct in *in,
+                                const char *type)
+{
+    if (strcmp(type, "subscribe") == 0) {
+        if (!in->allowed) {
+            emit(r, presence(r->gw, in->bare, "unsubscribed"));
+            return;
+        }
+        emit(r, presence(r->gw, in->bare, "subscribed"));
+        send_available(r, r->gw, in->bare, &r->gw_features);
+    } else if (strcmp(type, "unsubscribe") == 0) {
+        emit(r, presence(r->gw, in->bare, "unsubscribed"));
+    } else if (!in->allowed) {
+        return;
+    } else if (strcmp(type, "probe") == 0 || strcmp(type, "available") == 0) {
+        struct op *op = op_new(r, ORIGIN_PRESENCE, in);
+        store_reg_get_addr(r->store, r->gw, in->bare, on_reg_get, op);
+    } else if (strcmp(type, "unavailable") == 0) {
+        emit(r, presence(r->gw, in->from, "unavailable"));
+    }
+}
+
+static void presence_to_contact(struct router *r, const struct in *in,
+                                const char *type)
+{
+    char addr[ADDR_MAX], node[NODE_MAX];
+    struct error err;
+    bool sub = strcmp(type, "subscribe") == 0;
+    bool unsub = strcmp(type, "unsubscribe") == 0;
+    bool probe = strcmp(type, "probe") == 0;
+
+    if (!sub && !unsub && !probe)
+        return; /* subscribed, unsubscribed, directed presence */
+    if (parse_contact(r, in->to_jid.node, addr, sizeof(addr), &err) < 0) {
+        if (sub || probe)
+            reply_error(r, in->st, &err);
+        return;
+    }
+    /* Store and address contacts by their canonical node. */
+    if (!r->t->ops->addr_to_node ||
+        r->t->ops->addr_to_node(r->t, addr, node, sizeof(node)) < 0)
+        snprintf(node, sizeof(node), "%s", in->to_jid.node);
+    char *cj = contact_jid(r, node);
+    if (!in->allowed) {
+        if (sub)
+            emit(r, presence(cj, in->bare, "unsubscribed"));
+    } else if (sub) {
+        emit(r, presence(cj, in->bare, "subscribed"));
+        /* Subscribing back makes Conversations inline media (CAT2). */
+        emit(r, presence(cj, in->bare, "subscribe"));
+        send_available(r, cj, in->bare, &r->contact_features);
+        struct op *op = op_new(r, ORIGIN_NONE, in);
+        store_contact_add(r->store, r->gw, in->bare, node, on_contact_stored,
+                          op);
+    } else if (unsub) {
+        emit(r, presence(cj, in->bare, "unsubscribed"));
+        struct op *op = op_new(r, ORIGIN_NONE, in);
+        store_contact_remove(r->store, r->gw, in->bare, node, on_contact_stored,
+                             op);
+    } else {
+        send_available(r, cj, in->bare, &r->contact_features);
+    }
+    free(cj);
+}
+
+static void handle_presence(struct router *r, const struct in *in)
+{
+    const char *type = in->type ? in->type : "available";
+
+    if (strcmp(type, "error") == 0)
+        return;
+    if (in->to_jid.node[0])
+        presence_to_contact(r, in, type);
+    else
+        presence_to_gateway(r, in, type);
+}
+
+/* ---- messages ---------------------------------------------------------- */
+
+static char *help_text(const struct router *r)
+{
+    char *ex = reg_example(r);
+    char *text = xasprintf("%s. Commands:\n"
+                           "help - this text\n"
+                           "register %s - claim this %s\n"
+                           "unregister - remove your registration\n"
+                           "status - show your registration\n"
+                           "Once registered, message contacts as <address>@%s.",
+                           r->gw_name, ex, reg_field(r), r->gw);
+    free(ex);
+    return text;
+}
+
+static void chat_command(struct router *r, const struct in *in,
+                         const char *body)
+{
+    char *cmd = xstrdup(body ? body : "");
+    char *arg;
+
+    if (!in->allowed) {
+        reply_cond(r, in->st, COND_NOT_ALLOWED, false,
+                   "Your server is not allowed to use this gateway");
+        free(cmd);
+        return;
+    }
+    str_trim(cmd);
+    for (arg = cmd; *arg && !isspace((unsigned char)*arg); arg++)
+        *arg = (char)tolower((unsigned char)*arg);
+    if (*arg) {
+        *arg++ = '\0';
+        str_trim(arg);
+    }
+    if (strcmp(cmd, "register") == 0 && *arg) {
+        reg_begin(r, op_new(r, ORIGIN_CHAT, in), arg);
+    } else if (strcmp(cmd, "unregister") == 0) {
+        unreg_begin(r, op_new(r, ORIGIN_CHAT, in));
+    } else if (strcmp(cmd, "status") == 0) {
+        store_reg_get_addr(r->store, r->gw, in->bare, on_reg_get,
+                           op_new(r, ORIGIN_CHAT, in));
+    } else {
+        char *help = help_text(r);
+        char *text;
+        if (strcmp(cmd, "help") == 0)
+            text = xstrdup(help);
+        else if (strcmp(cmd, "register") == 0)
+            text = xasprintf("Usage: register <%s>\n\n%s", reg_field(r), help);
+        else
+            text = xasprintf("Unknown command.\n\n%s", help);
+        send_chat(r, in->from, in->st, text);
+        free(text);
+        free(help);
+    }
+    free(cmd);
+}
+
+static bool is_oob(const struct xnode *k)
+{
+    const char *ns = xnode_ns(k);
+    return strcmp(k->name, "x") == 0 && ns && strcmp(ns, NS_OOB) == 0 &&
+           xnode_child_text(k, "url", NULL);
+}
+
+static size_t count_media(const struct xnode *st)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < st->nkids; i++)
+        if (is_oob(st->kids[i]))
+            n++;
+    return n;
+}
+
+static void on_sent(void *arg, const struct error *err, const char *provider_id)
+{
+    struct op *op = arg;
+    struct error e;
+
+    (void)provider_id;
+    if (op_orphaned(op))
+        return;
+    if (err) {
+        e = *err;
+        fix_error(&e);
+        reply_error(op->r, op->st, &e);
+    }
+    op_free(op);
+}
+
+/* Fills m from the owned stanza copy (URLs trimmed in place). */
+static void build_msg(struct router *r, struct op *op, const char *from_addr,
+                      struct msg *m)
+{
+    struct xnode *st = op->st;
+
+    memset(m, 0, sizeof(*m));
+    m->gw = r->gw;
+    m->from_jid = op->from;
+    m->from_addr = from_addr;
+    m->to_jid = xnode_attr(st, "to");
+    m->to_addr = op->addr;
+    m->id = xnode_attr(st, "id");
+    m->body = xnode_child_text(st, "body", NULL);
+    m->subject = xnode_child_text(st, "subject", NULL);
+    m->thread = xnode_child_text(st, "thread", NULL);
+    m->receipt = xnode_child(st, "request", NS_RECEIPTS) != NULL;
+    for (size_t i = 0; i < st->nkids && m->n_media < MSG_MAX_MEDIA; i++) {
+        if (!is_oob(st->kids[i]))
+            continue;
+        struct xnode *u = xnode_child(st->kids[i], "url", NULL);
+        m->media[m->n_media++] = str_trim(u->text);
+    }
+    if (m->body && m->n_media > 0) {
+        /* Clients put the URL in the body for those without OOB. */
+        char *b = xstrdup(m->body);
+        str_trim(b);
+        if (!b[0] || (m->n_media == 1 && strcmp(b, m->media[0]) == 0))
+            m->body = NULL;
+        free(b);
+    }
+}
+
+static void on_msg_owner(const struct error *err, const char *value, void *arg)
+{
+    struct op *op = arg;
+    struct router *r;
+    struct error e;
+    struct msg m;
+
+    if (op_orphaned(op))
+        return;
+    r = op->r;
+    if (err) {
+        e = *err;
+        fix_error(&e);
+    } else if (!value) {
+        error_set(&e, COND_REGISTRATION_REQUIRED, false,
+                  "Register with %s before sending messages", r->gw);
+    } else if (r->stopped) {
+        error_set(&e, COND_SERVICE_UNAVAILABLE, true,
+                  "The gateway is shutting down; try again later");
+    } else {
+        build_msg(r, op, value, &m);
+        log_debug(r->mod, "message %s: %s", m.id ? m.id : "-",
+                  m.body ? m.body : "(media)");
+        error_clear(&e);
+        if (r->t->ops->send(r->t, &m, on_sent, op, &e) == 0)
+            return; /* on_sent finishes op */
+        fix_error(&e);
+    }
+    reply_error(r, op->st, &e);
+    op_free(op);
+}
+
+static void message_to_contact(struct router *r, const struct in *in,
+                               const char *body)
+{
+    char addr[ADDR_MAX];
+    struct error err;
+    size_t n_media = count_media(in->st);
+    struct op *op;
+
+    if (!in->allowed) {
+        reply_cond(r, in->st, COND_NOT_ALLOWED, false,
+                   "Your server is not allowed to use this gateway");
+        return;
+    }
+    if (parse_contact(r, in->to_jid.node, addr, sizeof(addr), &err) < 0) {
+        reply_error(r, in->st, &err);
+        return;
+    }
+    if ((!body || str_blank(body)) && n_media == 0) {
+        reply_cond(r, in->st, COND_BAD_REQUEST, false, "Empty message");
+        return;
+    }
+    if (n_media > MSG_MAX_MEDIA) {
+        error_set(&err, COND_BAD_REQUEST, false,
+                  "At most %d attachments per message", MSG_MAX_MEDIA);
+        reply_error(r, in->st, &err);
+        return;
+    }
+    if (r->stopped || !r->t->ops->send) {
+        reply_cond(r, in->st, COND_SERVICE_UNAVAILABLE, r->stopped,
+                   r->stopped ? "The gateway is shutting down; try again "
+                                "later"
+                              : "This gateway cannot send messages");
+        return;
+    }
+    op = op_new(r, ORIGIN_NONE, in);
+    op->addr = xstrdup(addr);
+    store_reg_get_addr(r->store, r->gw, in->bare, on_msg_owner, op);
+}
+
+static void handle_message(struct router *r, const struct in *in)
+{
+    const char *type = in->type ? in->type : "normal";
+    const struct xnode *body;
+
+    if (strcmp(type, "groupchat") == 0 || strcmp(type, "error") == 0)
+        return;
+    body = xnode_child(in->st, "body", NULL);
+    if (!body)
+        return; /* chat states, receipts, markers: nothing to bridge */
+    if (in->to_jid.node[0])
+        message_to_contact(r, in, body->text);
+    else
+        chat_command(r, in, body->text);
+}
+
+/* ---- inbound delivery -------------------------------------------------- */
+
+static struct xnode *inbound_message(const char *from, const char *to,
+                                     const char *body, const char *thread)
+{
+    struct xnode *st = stanza_message(from, to, "chat", body);
+    char id[24];
+
+    stanza_new_id(id);
+    xnode_set_attr(st, "id", id);
+    if (thread)
+        xnode_add_text(st, "thread", thread);
+    return st;
+}
+
+static enum deliver_result deliver_to(struct router *r, const struct inmsg *m,
+                                      const char *owner)
+{
+    char node[NODE_MAX];
+    char *from;
+    char *text = NULL;
+    bool sent = false;
+    enum deliver_result res = DELIVER_OK;
+    char mask[128];
+
+    if (!r->t->ops->addr_to_node ||
+        r->t->ops->addr_to_node(r->t, m->from_addr, node, sizeof(node)) < 0) {
+        log_warn(r->mod, "inbound from %s: not a contact address; dropped",
+                 log_mask(m->from_addr, mask, sizeof(mask)));
+        return DELIVER_DROP;
+    }
+    /* Checked first so that a down stream does not split a message. */
+    if (!r->sink.up(r->sink.arg))
+        return DELIVER_RETRY;
+    from = contact_jid(r, node);
+    if (m->body && m->extra)
+        text = xasprintf("%s\n\n%s", m->body, m->extra);
+    else if (m->body || m->extra)
+        text = xstrdup(m->body ? m->body : m->extra);
+    if (text) {
+        struct xnode *st = inbound_message(from, owner, text, m->thread);
+        if (m->subject)
+            xnode_add_text(st, "subject", m->subject);
+        if (emit(r, st) < 0)
+            res = DELIVER_RETRY;
+        sent = true;
+    }
+    /* One message per item, body exactly the URL, for inline display. */
+    for (size_t i = 0; i < m->n_media && res == DELIVER_OK; i++) {
+        struct xnode *st = inbound_message(from, owner, m->media[i], m->thread);
+        struct xnode *x = xnode_add_ns(st, "x", NS_OOB);
+        xnode_add_text(x, "url", m->media[i]);
+        if (emit(r, st) < 0)
+            res = DELIVER_RETRY;
+        sent = true;
+    }
+    if (!sent)
+        log_info(r->mod, "inbound from %s is empty; dropped",
+                 log_mask(m->from_addr, mask, sizeof(mask)));
+    else if (res == DELIVER_OK)
+        log_debug(r->mod, "delivered from %s to %s", from, owner);
+    free(text);
+    free(from);
+    return res;
+}
+
+static void on_deliver_owner(const struct error *err, const char *value,
+                             void *arg)
+{
+    struct op *op = arg;
+    struct router *r;
+    enum deliver_result res;
+    deliver_done_fn *done = op->done;
+    void *done_arg = op->done_arg;
+    char mask[128];
+
+    if (op_orphaned(op))
+        return;
+    r = op->r;
+    if (err) {
+        log_warn(r->mod, "cannot look up the owner of %s: %s",
+                 log_mask(op->m->to_addr, mask, sizeof(mask)), err->msg);
+        res = DELIVER_RETRY;
+    } else if (!value) {
+        log_notice(r->mod, "nobody owns %s; inbound message dropped",
+                   log_mask(op->m->to_addr, mask, sizeof(mask)));
+        res = DELIVER_DROP;
+    } else {
+        res = deliver_to(r, op->m, value);
+    }
+    op_free(op);
+    done(res, done_arg);
+}
+
+void router_deliver(void *router, const struct inmsg *m, deliver_done_fn *done,
+                    void *done_arg)
+{
+    struct router *r = router;
+    struct op *op;
+
+    if (!m->to_addr || !m->from_addr) {
+        log_warn(r->mod, "inbound message without addresses; dropped");
+        done(DELIVER_DROP, done_arg);
+        return;
+    }
+    op = op_new(r, ORIGIN_NONE, NULL);
+    op->m = m;
+    op->done = done;
+    op->done_arg = done_arg;
+    store_reg_get_jid(r->store, r->gw, m->to_addr, on_deliver_owner, op);
+}
+
+bool router_ready(void *router)
+{
+    struct router *r = router;
+
+    return r->sink.up(r->sink.arg);
+}
+
+/* ---- lifecycle --------------------------------------------------------- */
+
+/* XEP-0100: after (re)connecting, ask every registered user for presence;
+ * their answers bring the gateway's and the contacts' presence back. */
+static void on_reg_list(const struct error *err, size_t n, char *const *keys,
+                        char *const *values, void *arg)
+{
+    struct op *op = arg;
+    struct router *r;
+
+    (void)values;
+    if (op_orphaned(op))
+        return;
+    r = op->r;
+    if (err) {
+        log_warn(r->mod, "cannot list registrations: %s", err->msg);
+        n = 0;
+    }
+    for (size_t i = 0; i < n && r->sink.up(r->sink.arg); i++)
+        if (keys[i])
+            emit(r, presence(r->gw, keys[i], "probe"));
+    op_free(op);
+}
+
+void router_on_state(void *router, bool up)
+{
+    struct router *r = router;
+
+    log_info(r->mod, "stream %s", up ? "up" : "down");
+    if (up)
+        store_reg_list(r->store, r->gw, on_reg_list,
+                       op_new(r, ORIGIN_NONE, NULL));
+}
+
+/* Stanzas that must be answered when they cannot be handled. */
+static bool wants_reply(const struct xnode *n, const char *type)
+{
+    if (strcmp(n->name, "iq") == 0)
+        return type && (!strcmp(type, "get") || !strcmp(type, "set"));
+    if (strcmp(n->name, "message") == 0)
+        return xnode_child(n, "body", NULL) &&
+               (!type || (strcmp(type, "error") && strcmp(type, "groupchat")));
+    return false;
+}
+
+void router_on_stanza(void *router, const struct xnode *n)
+{
+    struct router *r = router;
+    struct in in;
+
+    memset(&in, 0, sizeof(in));
+    in.st = n;
+    in.from = xnode_attr(n, "from");
+    in.to = xnode_attr(n, "to");
+    in.type = xnode_attr(n, "type");
+    if (!in.to)
+        in.to = r->gw;
+    if (!in.from || jid_bare(in.from, in.bare, sizeof(in.bare)) < 0 ||
+        jid_domain(in.from, in.domain, sizeof(in.domain)) < 0) {
+        log_debug(r->mod, "<%s/> without a valid sender ignored", n->name);
+        return;
+    }
+    if (jid_parse(in.to, &in.to_jid) < 0) {
+        if (wants_reply(n, in.type))
+            reply_cond(r, n, COND_JID_MALFORMED, false, "Malformed address");
+        return;
+    }
+    if (strcmp(in.to_jid.domain, r->gw) != 0) {
+        if (wants_reply(n, in.type))
+            reply_cond(r, n, COND_SERVICE_UNAVAILABLE, false,
+                       "Not served by this gateway");
+        return;
+    }
+    in.allowed = strlist_contains_ci(&r->t->conf->allowed_domains, in.domain);
+    if (strcmp(n->name, "iq") == 0)
+        handle_iq(r, &in);
+    else if (strcmp(n->name, "message") == 0)
+        handle_message(r, &in);
+    else if (strcmp(n->name, "presence") == 0)
+        handle_presence(r, &in);
+}
+
+static char *identity_name(const struct transport_ops *ops)
+{
+    if (strcmp(ops->name, "sms") == 0)
+        return xstrdup("postern SMS gateway");
+    return xasprintf("postern %s gateway", ops->name);
+}
+
+struct router *router_new(struct transport *t, const struct router_sink *sink,
+                          struct store *s)
+{
+    struct router *r = xcalloc(1, sizeof(*r));
+
+    r->t = t;
+    r->sink = *sink;
+    r->store = s;
+    r->gw = t->conf->jid;
+    r->mod = t->module;
+    r->gw_name = identity_name(t->ops);
+    r->contact_type =
+        t->ops->contact_type ? t->ops->contact_type : t->ops->identity_type;
+    build_features(r);
+    return r;
+}
+
+void router_free(struct router *r)
+{
+    if (!r)
+        return;
+    /* Orphan what is still in flight; its callbacks finish on their own. */
+    for (struct op *op = r->ops, *next; op; op = next) {
+        next = op->next;
+        op->r = NULL;
+        op->prev = op->next = NULL;
+    }
+    free(r->gw_name);
+    free(r);
+}
+
+void router_stop(struct router *r)
+{
+    r->stopped = true;
+}
+
+size_t router_inflight(const struct router *r)
+{
+    return r->n_ops;
+}

@@ -34,8 +34,7 @@ static const char *const cond_names[] = {
 
 const char *stanza_cond_name(int cond)
 {
-    if (cond < 0 || (size_t)cond >= ARRAY_SIZE(cond_names) ||
-        !cond_names[cond])
+    if (cond < 0 || (size_t)cond >= ARRAY_SIZE(cond_names) || !cond_names[cond])
         return "undefined-condition";
     return cond_names[cond];
 }
@@ -97,8 +96,8 @@ static const char *default_text(int cond)
 
 static void add_error(struct xnode *st, const struct error *err)
 {
-    int cond = err && err->code != COND_NONE ? err->code
-                                             : COND_UNDEFINED_CONDITION;
+    int cond =
+        err && err->code != COND_NONE ? err->code : COND_UNDEFINED_CONDITION;
     bool temporary = err && err->temporary;
     const char *text = err && err->msg[0] ? err->msg : default_text(cond);
     struct xnode *e = xnode_add(st, "error");
@@ -124,9 +123,9 @@ static struct xnode *error_head(const char *name, const char *from,
 struct xnode *stanza_error_reply(const struct xnode *orig,
                                  const struct error *err)
 {
-    struct xnode *st = error_head(orig->name, xnode_attr(orig, "to"),
-                                  xnode_attr(orig, "from"),
-                                  xnode_attr(orig, "id"));
+    struct xnode *st =
+        error_head(orig->name, xnode_attr(orig, "to"), xnode_attr(orig, "from"),
+                   xnode_attr(orig, "id"));
 
     if (strcmp(orig->name, "message") == 0) {
         const char *body = xnode_child_text(orig, "body", NULL);
@@ -158,8 +157,8 @@ struct xnode *stanza_iq_result(const struct xnode *iq)
     return st;
 }
 
-struct xnode *stanza_message(const char *from, const char *to,
-                             const char *type, const char *body)
+struct xnode *stanza_message(const char *from, const char *to, const char *type,
+                             const char *body)
 {
     struct xnode *st = xnode_new("message");
 
@@ -285,8 +284,8 @@ static void base64(const unsigned char *in, size_t n, char *out)
     size_t i = 0;
 
     for (; i + 2 < n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 |
-                     in[i + 2];
+        uint32_t v =
+            (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
         *out++ = tbl[v >> 18];
         *out++ = tbl[(v >> 12) & 63];
         *out++ = tbl[(v >> 6) & 63];
@@ -313,17 +312,19 @@ static int cmp_str(const void *a, const void *b)
  * XEP-0115 5.1: S = category/type/lang/name< then each feature< in octet
  * order. postern advertises one identity without xml:lang and no forms.
  */
-void stanza_caps_ver(const char *category, const char *type,
-                     const char *name, const char *const *features,
-                     size_t n_features, char *out, size_t size)
+void stanza_caps_ver(const char *category, const char *type, const char *name,
+                     const char *const *features, size_t n_features, char *out,
+                     size_t size)
 {
     const char **sorted = xcalloc(n_features, sizeof(*sorted));
     struct sha1 c;
     unsigned char digest[20];
     char b64[29];
 
-    memcpy(sorted, features, n_features * sizeof(*sorted));
-    qsort(sorted, n_features, sizeof(*sorted), cmp_str);
+    if (n_features > 0) {
+        memcpy(sorted, features, n_features * sizeof(*sorted));
+        qsort(sorted, n_features, sizeof(*sorted), cmp_str);
+    }
     sha1_init(&c);
     sha1_update(&c, category, strlen(category));
     sha1_update(&c, "/", 1);

@@ -1,7 +1,7 @@
 /*
  * stanza: pure helpers to build and read stanzas as xnode trees (errors,
- * receipts, replies), plus the conversion from libstrophe stanzas that
- * component.c uses. The error table of SPEC 3 lives here.
+ * receipts, replies). The error table of SPEC 3 lives here. No libstrophe:
+ * component.c converts its stanzas to xnode trees.
  */
 #ifndef POSTERN_STANZA_H
 #define POSTERN_STANZA_H

@@ -26,13 +26,13 @@ struct sms_part {
     const char *body;         /* NULL when media only */
     const char *const *media; /* URLs; only the first part carries media */
     size_t n_media;
-    unsigned index;           /* 0-based part number ... */
-    unsigned count;           /* ... of count parts of one message */
+    unsigned index; /* 0-based part number ... */
+    unsigned count; /* ... of count parts of one message */
 };
 
 struct sms_provider_ops {
-    const char *name;  /* conf->provider.name */
-    size_t max_chars;  /* body limit per request, in Unicode code points */
+    const char *name; /* conf->provider.name */
+    size_t max_chars; /* body limit per request, in Unicode code points */
     /*
      * Checks t->conf->provider and returns the provider's state, or NULL
      * with err filled. Contacts nothing and creates no files (postern

@@ -90,8 +90,7 @@ static int open_outbox(struct sandbox *sb, struct error *err)
 {
     if (!sb->outbox || sb->fd >= 0)
         return 0;
-    sb->fd = open(sb->outbox, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC,
-                  0640);
+    sb->fd = open(sb->outbox, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
     if (sb->fd < 0) {
         error_set(err, COND_INTERNAL_SERVER_ERROR, true,
                   "sandbox: cannot open outbox_file %s: %s", sb->outbox,
@@ -137,11 +136,10 @@ static int write_line(struct sandbox *sb, const struct sandbox_pending *pe,
     }
     iso_now(ts, sizeof(ts));
     /* "o" steals media; "s?" writes null for a media-only part */
-    obj = json_pack("{s:s, s:s, s:s, s:s, s:s?, s:o, s:s, s:I, s:I}", "ts",
-                    ts, "gateway", pe->gw, "from", pe->from, "to", pe->to,
-                    "body", pe->body, "media", media, "id", id, "part",
-                    (json_int_t)pe->index + 1, "parts",
-                    (json_int_t)pe->count);
+    obj = json_pack("{s:s, s:s, s:s, s:s, s:s?, s:o, s:s, s:I, s:I}", "ts", ts,
+                    "gateway", pe->gw, "from", pe->from, "to", pe->to, "body",
+                    pe->body, "media", media, "id", id, "part",
+                    (json_int_t)pe->index + 1, "parts", (json_int_t)pe->count);
     if (!obj) {
         error_set(err, COND_BAD_REQUEST, false,
                   "sandbox: the message is not valid UTF-8");
@@ -206,8 +204,7 @@ static void complete(evutil_socket_t fd, short what, void *arg)
     log_mask(pe->to, mto, sizeof(mto));
     log_mask(pe->from, mfrom, sizeof(mfrom));
     if (ends_with(pe->to, "0000")) {
-        error_set(&err, COND_NOT_ACCEPTABLE, false,
-                  "sandbox: number rejected");
+        error_set(&err, COND_NOT_ACCEPTABLE, false, "sandbox: number rejected");
     } else if (ends_with(pe->to, "0503")) {
         error_set(&err, COND_REMOTE_SERVER_TIMEOUT, true,
                   "sandbox: provider unavailable (HTTP 503)");
@@ -223,8 +220,7 @@ static void complete(evutil_socket_t fd, short what, void *arg)
         log_info(module, "sandbox: SMS %u/%u from %s to %s failed: %s",
                  pe->index + 1, pe->count, mfrom, mto, err.msg);
     } else {
-        log_info(module,
-                 "sandbox: SMS %u/%u from %s to %s, %zu media, id %s",
+        log_info(module, "sandbox: SMS %u/%u from %s to %s, %zu media, id %s",
                  pe->index + 1, pe->count, mfrom, mto, pe->n_media, id);
         log_debug(module, "sandbox: SMS %s body: %s", id,
                   pe->body ? pe->body : "");

@@ -25,6 +25,7 @@
 #include "sms.h"
 
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -62,8 +63,7 @@ struct sms_job {
  * Providers known to postern but not written yet: refused by name, with a
  * message that tells the operator it is not a typo.
  */
-static const char *const unbuilt_providers[] = {"twilio", "telnyx",
-                                                "vonage"};
+static const char *const unbuilt_providers[] = {"twilio", "telnyx", "vonage"};
 
 static const struct sms_provider_ops *const providers[] = {
     &sms_provider_sandbox,
@@ -230,8 +230,8 @@ static int sms_addr_from_human(const struct transport *t, const char *typed,
     return 0;
 }
 
-static int sms_claim(const struct transport *t, const char *typed,
-                     char *out, size_t size, struct error *err)
+static int sms_claim(const struct transport *t, const char *typed, char *out,
+                     size_t size, struct error *err)
 {
     const struct sms_priv *p = priv_of(t);
 
@@ -264,8 +264,7 @@ static bool country_allowed(const struct gateway_conf *c, const char *to)
     return false;
 }
 
-static void country_list(const struct gateway_conf *c, char *buf,
-                         size_t size)
+static void country_list(const struct gateway_conf *c, char *buf, size_t size)
 {
     const struct strlist *l = &c->limits.allowed_countries;
     size_t o = 0;
@@ -361,8 +360,8 @@ static void part_done(void *arg, const struct error *err,
     /* we are in the provider's deferred callback, not inside send() */
     if (job_send_current(j, &e) < 0) {
         struct error e2;
-        error_set(&e2, e.code, false, "part %u of %u not sent: %s",
-                  j->cur + 1, j->n_parts, e.msg);
+        error_set(&e2, e.code, false, "part %u of %u not sent: %s", j->cur + 1,
+                  j->n_parts, e.msg);
         job_finish(j, &e2, NULL);
     }
 }
@@ -488,8 +487,8 @@ static void sms_destroy(struct transport *t)
 const struct transport_ops sms_transport_ops = {
     .abi = TRANSPORT_ABI,
     .name = "sms",
-    .caps = TCAP_SEND | TCAP_RECEIVE | TCAP_RECEIPTS | TCAP_WEBHOOK |
-            TCAP_MEDIA,
+    .caps =
+        TCAP_SEND | TCAP_RECEIVE | TCAP_RECEIPTS | TCAP_WEBHOOK | TCAP_MEDIA,
     .priv_size = sizeof(struct sms_priv),
     .identity_type = "sms",
     .contact_type = "sms",

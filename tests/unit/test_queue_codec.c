@@ -1,0 +1,190 @@
+/*
+ * queue.c's inbound message codec: what the webhook/LMTP side persists
+ * must come back field for field, and anything malformed in a stream
+ * entry must be refused (the reader then logs and acknowledges it).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "queue.h"
+#include "util.h"
+
+static void roundtrip_full(void **state)
+{
+    struct inmsg m, out;
+    struct error err;
+    char *json;
+    (void)state;
+
+    memset(&m, 0, sizeof(m));
+    m.to_addr = xstrdup("+15550001111");
+    m.from_addr = xstrdup("+15551234567");
+    m.body = xstrdup("h\xc3\xa9llo \"quoted\"\nline two \xf0\x9f\x98\x80");
+    m.subject = xstrdup("Re: plans");
+    m.thread = xstrdup("<abc@example.com>");
+    m.provider_id = xstrdup("SM0123456789");
+    m.extra = xstrdup("attached: a.pdf (12 KB)");
+    m.media[0] = xstrdup("https://example.com/m/1.jpg");
+    m.media[1] = xstrdup("https://example.com/m/2.png");
+    m.n_media = 2;
+
+    json = inmsg_to_json(&m);
+    assert_non_null(json);
+    assert_int_equal(inmsg_from_json(json, &out, &err), 0);
+    assert_string_equal(out.to_addr, m.to_addr);
+    assert_string_equal(out.from_addr, m.from_addr);
+    assert_string_equal(out.body, m.body);
+    assert_string_equal(out.subject, m.subject);
+    assert_string_equal(out.thread, m.thread);
+    assert_string_equal(out.provider_id, m.provider_id);
+    assert_string_equal(out.extra, m.extra);
+    assert_int_equal(out.n_media, 2);
+    assert_string_equal(out.media[0], m.media[0]);
+    assert_string_equal(out.media[1], m.media[1]);
+    inmsg_free_fields(&out);
+    free(json);
+    inmsg_free_fields(&m);
+}
+
+static void roundtrip_minimal(void **state)
+{
+    struct inmsg m, out;
+    struct error err;
+    char *json;
+    (void)state;
+
+    memset(&m, 0, sizeof(m));
+    m.to_addr = xstrdup("alice@mail.example.org");
+    m.from_addr = xstrdup("bob@example.com");
+    m.body = xstrdup("");
+    json = inmsg_to_json(&m);
+    assert_int_equal(inmsg_from_json(json, &out, &err), 0);
+    assert_string_equal(out.body, "");
+    assert_null(out.subject);
+    assert_null(out.thread);
+    assert_null(out.provider_id);
+    assert_null(out.extra);
+    assert_int_equal(out.n_media, 0);
+    inmsg_free_fields(&out);
+    free(json);
+    inmsg_free_fields(&m);
+}
+
+static void media_only(void **state)
+{
+    struct inmsg m, out;
+    struct error err;
+    char *json;
+    (void)state;
+
+    memset(&m, 0, sizeof(m));
+    m.to_addr = xstrdup("+15550001111");
+    m.from_addr = xstrdup("+15551234567");
+    for (size_t i = 0; i < INMSG_MAX_MEDIA; i++)
+        m.media[i] = xstrdup("https://example.com/x");
+    m.n_media = INMSG_MAX_MEDIA;
+    json = inmsg_to_json(&m);
+    assert_int_equal(inmsg_from_json(json, &out, &err), 0);
+    assert_null(out.body);
+    assert_int_equal(out.n_media, INMSG_MAX_MEDIA);
+    inmsg_free_fields(&out);
+    free(json);
+    inmsg_free_fields(&m);
+}
+
+/* A provider's broken UTF-8 is stored (as U+FFFD), not lost. */
+static void invalid_utf8_is_replaced(void **state)
+{
+    struct inmsg m, out;
+    struct error err;
+    char *json;
+    (void)state;
+
+    memset(&m, 0, sizeof(m));
+    m.to_addr = xstrdup("+15550001111");
+    m.from_addr = xstrdup("+15551234567");
+    m.body = xstrdup("a\xff"
+                     "b\xc3");
+    json = inmsg_to_json(&m);
+    assert_int_equal(inmsg_from_json(json, &out, &err), 0);
+    assert_string_equal(out.body, "a\xef\xbf\xbd"
+                                  "b\xef\xbf\xbd");
+    inmsg_free_fields(&out);
+    free(json);
+    inmsg_free_fields(&m);
+}
+
+static void malformed(void **state)
+{
+    static const char *const bad[] = {
+        "",
+        "not json",
+        "[]",
+        "\"x\"",
+        "{\"from\":\"+15551234567\",\"body\":\"x\"}",
+        "{\"to\":\"+15550001111\",\"body\":\"x\"}",
+        "{\"to\":\"\",\"from\":\"+15551234567\",\"body\":\"x\"}",
+        "{\"to\":1,\"from\":\"+15551234567\",\"body\":\"x\"}",
+        "{\"to\":\"+15550001111\",\"from\":\"+15551234567\",\"body\":5}",
+        "{\"to\":\"+15550001111\",\"from\":\"+15551234567\"}",
+        "{\"to\":\"+15550001111\",\"from\":\"+15551234567\",\"media\":\"u\"}",
+        "{\"to\":\"+15550001111\",\"from\":\"+15551234567\",\"media\":[1]}",
+        "{\"to\":\"+15550001111\",\"from\":\"+15551234567\","
+        "\"media\":[\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\","
+        "\"a\",\"a\"]}",
+        "{\"to\":\"a\",\"to\":\"b\",\"from\":\"c\",\"body\":\"x\"}",
+        "{\"to\":\"a\\u0000b\",\"from\":\"c\",\"body\":\"x\"}",
+        "{\"to\":\"+15550001111\",\"from\":\"+15551234567\",\"body\":\"x\"",
+    };
+    struct inmsg out;
+    struct error err;
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        error_clear(&err);
+        if (inmsg_from_json(bad[i], &out, &err) != -1)
+            fail_msg("accepted malformed input #%zu: %s", i, bad[i]);
+        assert_int_equal(err.code, COND_BAD_REQUEST);
+        assert_true(err.msg[0] != '\0');
+        /* nothing half-parsed is left to free */
+        assert_null(out.to_addr);
+        assert_null(out.from_addr);
+        assert_int_equal(out.n_media, 0);
+    }
+    assert_int_equal(inmsg_from_json(NULL, &out, &err), -1);
+}
+
+/* Newer writers may add members: readers ignore what they do not know. */
+static void unknown_members_ignored(void **state)
+{
+    struct inmsg out;
+    struct error err;
+    (void)state;
+
+    assert_int_equal(
+        inmsg_from_json("{\"v\":2,\"to\":\"+15550001111\",\"from\":"
+                        "\"+15551234567\",\"body\":\"hi\",\"new\":[1,2]}",
+                        &out, &err),
+        0);
+    assert_string_equal(out.body, "hi");
+    inmsg_free_fields(&out);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(roundtrip_full),
+        cmocka_unit_test(roundtrip_minimal),
+        cmocka_unit_test(media_only),
+        cmocka_unit_test(invalid_utf8_is_replaced),
+        cmocka_unit_test(malformed),
+        cmocka_unit_test(unknown_members_ignored),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
