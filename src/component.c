@@ -418,7 +418,9 @@ static void conn_handler(xmpp_conn_t *conn, xmpp_conn_event_t event,
     if (was_up && now_ms() - c->up_since >= STABLE_MS)
         c->attempt = 0;
 
-    if (serr) {
+    if (c->stopping) {
+        log_notice(c->module, "stream closed");
+    } else if (serr) {
         if (serr->type == XMPP_SE_NOT_AUTHORIZED)
             log_err(c->module,
                     "the server refused the handshake (not-authorized: %s): "

@@ -352,6 +352,7 @@ static void req_complete(struct http_req *r, CURLcode rc, const char *why)
     double total_s = 0;
 
     req_unlink(hc, r);
+    memset(&resp, 0, sizeof(resp));
     error_clear(&err);
     if (why) {
         error_set(&err, COND_SERVICE_UNAVAILABLE, true, "%s", why);
@@ -360,7 +361,6 @@ static void req_complete(struct http_req *r, CURLcode rc, const char *why)
     } else {
         curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
         curl_easy_getinfo(r->easy, CURLINFO_TOTAL_TIME, &total_s);
-        memset(&resp, 0, sizeof(resp));
         resp.status = (int)status;
         resp.body = r->body.s ? r->body.s : "";
         resp.body_len = r->body.len;
@@ -389,17 +389,17 @@ static void check_finished(struct http_client *hc)
     int left;
 
     while ((m = curl_multi_info_read(hc->multi, &left))) {
-        struct http_req *r = NULL;
+        char *priv = NULL;
         CURL *easy = m->easy_handle;
         CURLcode rc = m->data.result;
 
         if (m->msg != CURLMSG_DONE)
             continue;
         /* m is invalid after remove_handle: copy what we need first */
-        curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&r);
+        curl_easy_getinfo(easy, CURLINFO_PRIVATE, &priv);
         curl_multi_remove_handle(hc->multi, easy);
-        if (r)
-            req_complete(r, rc, NULL);
+        if (priv)
+            req_complete((struct http_req *)(void *)priv, rc, NULL);
     }
 }
 

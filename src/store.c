@@ -590,8 +590,7 @@ static void hs_cb(redisAsyncContext *ac, void *reply, void *privdata)
         event_del(s->connect_ev);
         /* once per outage: a wrong password must not flood the log */
         if (s->attempt == 0)
-            log_err(MOD, "Redis refused the connection setup: %.120s",
-                    r->str);
+            log_err(MOD, "Redis refused the connection setup: %.120s", r->str);
         else
             log_debug(MOD, "Redis refused the connection setup: %.120s",
                       r->str);

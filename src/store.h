@@ -114,10 +114,10 @@ void store_stream_read(struct store *s, const char *name, const char *group,
  * their idle time, counts the delivery). For retrying after a failed
  * delivery without waiting for another consumer's reclaim.
  */
-void store_stream_read_own(struct store *s, const char *name,
-                           const char *group, const char *consumer,
-                           unsigned count, unsigned min_idle_ms,
-                           store_entries_fn *fn, void *arg);
+void store_stream_read_own(struct store *s, const char *name, const char *group,
+                           const char *consumer, unsigned count,
+                           unsigned min_idle_ms, store_entries_fn *fn,
+                           void *arg);
 /* XACK + XDEL. */
 void store_stream_ack(struct store *s, const char *name, const char *group,
                       const char *id, store_done_fn *fn, void *arg);

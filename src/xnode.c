@@ -211,9 +211,12 @@ static void escape(struct strbuf *b, const char *s, bool attr)
         case '\'':
             sb_puts(b, attr ? "&apos;" : "'");
             break;
+        case '\r':
+            /* a raw CR would be turned into LF by the receiver's parser */
+            sb_puts(b, "&#13;");
+            break;
         case '\t':
         case '\n':
-        case '\r':
             if (attr)
                 sb_printf(b, "&#%u;", c);
             else
