@@ -46,6 +46,7 @@ enum vtype {
 #define F_EMAIL 0x08    /* only in email gateways */
 #define F_LOWER 0x10    /* lower-cased before the check */
 #define F_NONEMPTY 0x20 /* a list that must hold at least one entry */
+#define F_HIDE 0x40     /* may hold a password: never shown either */
 
 enum provider_id { P_SANDBOX, P_TWILIO, P_TELNYX, P_VONAGE, P_COUNT };
 #define PB(p) (1u << (p))
@@ -329,22 +330,21 @@ static const char *check_default_cc(struct ctx *x, char *s)
     return NULL;
 }
 
-static const char *check_port_text(const char *p)
+static bool port_ok(const char *p)
 {
     unsigned long v = 0;
     size_t n = 0;
 
     for (; is_digit(p[n]) && n < 6; n++)
         v = v * 10 + (unsigned long)(p[n] - '0');
-    if (n == 0 || p[n] != '\0' || v < 1 || v > 65535)
-        return "port must be 1..65535";
-    return NULL;
+    return n > 0 && p[n] == '\0' && v >= 1 && v <= 65535;
 }
 
 static const char *check_listen(struct ctx *x, char *s)
 {
     const char *port;
 
+    (void)x;
     if (s[0] == '[') {
         const char *close = strchr(s, ']');
         bool colon = false;
@@ -373,11 +373,8 @@ static const char *check_listen(struct ctx *x, char *s)
         }
         port = colon + 1;
     }
-    if (check_port_text(port)) {
-        snprintf(x->why, sizeof(x->why), "%s",
-                 "not host:port or [v6]:port (port 1..65535)");
-        return x->why;
-    }
+    if (!port_ok(port))
+        return "not host:port or [v6]:port (port 1..65535)";
     return NULL;
 }
 
@@ -525,7 +522,8 @@ static const struct key log_keys[] = {
 
 static const struct key redis_keys[] = {
     {.name = "url", .type = V_STR, .off = CO(redis.url),
-     .sdef = "redis://127.0.0.1:6379/0", .check = check_redis_url},
+     .flags = F_HIDE, .sdef = "redis://127.0.0.1:6379/0",
+     .check = check_redis_url},
     {.name = "prefix", .type = V_STR, .off = CO(redis.prefix),
      .sdef = "postern", .check = check_word},
     {.name = "timeout_ms", .type = V_UINT, .off = CO(redis.timeout_ms),
@@ -962,7 +960,10 @@ static void read_string(struct ctx *x, const struct key *k,
     why = k->check ? k->check(x, val) : NULL;
     if (why) {
         /* Secrets carry no check, so val is never a secret here. */
-        report(x, s, kp, "\"%s\": %s", shown(val, show, sizeof(show)), why);
+        if (k->flags & F_HIDE)
+            report(x, s, kp, "%s", why);
+        else
+            report(x, s, kp, "\"%s\": %s", shown(val, show, sizeof(show)), why);
         goto drop;
     }
     switch (k->type) {
@@ -1204,7 +1205,8 @@ static void check_gateway(struct ctx *x, const config_setting_t *g,
         const config_setting_t *smtp = member(g, "smtp");
         bool user = *gw->smtp.user != '\0';
         bool pass = *gw->smtp.password != '\0';
-        if (user && !pass) {
+        /* A password_file that failed to read was reported already. */
+        if (user && !pass && !member(smtp, "password_file")) {
             char *kp = xasprintf("%s.smtp.password", path);
             report(x, smtp, kp,
                    "missing (set password or password_file): smtp.user is "

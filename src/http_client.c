@@ -310,8 +310,7 @@ static void describe_failure(const struct http_req *r, CURLcode rc,
     switch (rc) {
     case CURLE_OPERATION_TIMEDOUT:
         curl_easy_getinfo(r->easy, CURLINFO_CONNECT_TIME_T, &connect_us);
-        if (connect_us == 0 &&
-            hc->opts.connect_timeout_ms < r->timeout_ms)
+        if (connect_us == 0 && hc->opts.connect_timeout_ms < r->timeout_ms)
             error_set(err, COND_REMOTE_SERVER_TIMEOUT, true,
                       "connect timeout after %u ms",
                       hc->opts.connect_timeout_ms);
@@ -331,8 +330,8 @@ static void describe_failure(const struct http_req *r, CURLcode rc,
             return;
         }
         if (os_errno != 0) {
-            error_set(err, COND_SERVICE_UNAVAILABLE, true,
-                      "cannot connect: %s", strerror((int)os_errno));
+            error_set(err, COND_SERVICE_UNAVAILABLE, true, "cannot connect: %s",
+                      strerror((int)os_errno));
             return;
         }
         break;
@@ -403,7 +402,8 @@ static void check_finished(struct http_client *hc)
     }
 }
 
-/* --- public ---------------------------------------------------------------- */
+/* --- public ----------------------------------------------------------------
+ */
 
 struct http_client *http_client_new(struct event_base *base,
                                     const struct http_client_opts *opts,
@@ -571,8 +571,8 @@ static int setup_easy(struct http_req *r, const struct http_req_spec *spec)
     }
 
     for (size_t i = 0; i < spec->n_headers; i++) {
-        char *line = xasprintf("%s: %s", spec->headers[i].name,
-                               spec->headers[i].value);
+        char *line =
+            xasprintf("%s: %s", spec->headers[i].name, spec->headers[i].value);
         struct curl_slist *l = curl_slist_append(r->headers, line);
         free(line);
         if (!l)
@@ -613,8 +613,8 @@ int http_client_request(struct http_client *hc,
     r->hc = hc;
     r->done = done;
     r->arg = arg;
-    r->timeout_ms = spec->timeout_ms ? spec->timeout_ms
-                                     : hc->opts.total_timeout_ms;
+    r->timeout_ms =
+        spec->timeout_ms ? spec->timeout_ms : hc->opts.total_timeout_ms;
     sb_init(&r->body);
     r->easy = easy_get(hc);
     if (!r->easy || setup_easy(r, spec) < 0) {
@@ -626,8 +626,7 @@ int http_client_request(struct http_client *hc,
     mc = curl_multi_add_handle(hc->multi, r->easy);
     if (mc != CURLM_OK) {
         error_set(err, COND_INTERNAL_SERVER_ERROR, true,
-                  "cannot start the HTTP request: %s",
-                  curl_multi_strerror(mc));
+                  "cannot start the HTTP request: %s", curl_multi_strerror(mc));
         goto fail;
     }
     r->next = hc->reqs;

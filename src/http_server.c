@@ -51,6 +51,7 @@
 #define DEFAULT_TIMEOUT_S 10
 #define MAX_CONNS 1024
 #define CONN_BUCKETS 256
+#define TEXT_PLAIN "text/plain; charset=utf-8"
 
 struct route {
     char *prefix;
@@ -78,16 +79,16 @@ struct conn {
     struct event *deadline;          /* request must arrive before it */
     struct http_request *pending;    /* dispatched, not yet answered */
     bool resolved;
-    struct conn *prev, *next;        /* srv->conns */
-    struct conn *hnext;              /* srv->buckets, by evcon */
+    struct conn *prev, *next; /* srv->conns */
+    struct conn *hnext;       /* srv->buckets, by evcon */
 };
 
 struct http_request {
-    struct http_server *srv;     /* NULL once the server is freed */
-    struct evhttp_request *ev;   /* NULL once evhttp dropped it */
+    struct http_server *srv;         /* NULL once the server is freed */
+    struct evhttp_request *ev;       /* NULL once evhttp dropped it */
     struct evhttp_connection *evcon; /* NULL once it closed */
-    struct conn *conn;           /* NULL once the connection closed */
-    const char *method;          /* static string */
+    struct conn *conn;               /* NULL once the connection closed */
+    const char *method;              /* static string */
     bool head;
     char *path;
     char *uri;
@@ -202,10 +203,23 @@ static int hexval(char c)
     return -1;
 }
 
+/* A "." or ".." segment: a proxy in front would resolve it, we would not. */
+static bool has_dot_segment(const char *path)
+{
+    for (const char *p = path; (p = strchr(p, '/')); p++) {
+        const char *s = p + 1;
+        if (s[0] == '.' && (s[1] == '/' || s[1] == '\0' ||
+                            (s[1] == '.' && (s[2] == '/' || s[2] == '\0'))))
+            return true;
+    }
+    return false;
+}
+
 /*
  * Returned owned (free with free()), or NULL when the path is not
- * absolute, has a malformed escape, or decodes to a NUL byte: each of
- * these would let two spellings of one path route differently.
+ * absolute, has a malformed escape, decodes to a NUL byte or has a dot
+ * segment: each of these would let two spellings of one path route
+ * differently here and in a proxy in front of us.
  */
 static char *decode_path(const char *raw)
 {
@@ -230,6 +244,10 @@ static char *decode_path(const char *raw)
         i += 2;
     }
     *o = '\0';
+    if (has_dot_segment(out)) {
+        free(out);
+        return NULL;
+    }
     return out;
 }
 
@@ -553,7 +571,7 @@ static void copy_body(struct http_request *r, struct evhttp_request *ev)
 
 static void reply_text(struct http_request *r, int status, const char *text)
 {
-    http_reply(r, status, "text/plain; charset=utf-8", text, strlen(text));
+    http_reply(r, status, TEXT_PLAIN, text, strlen(text));
 }
 
 static void on_request(struct evhttp_request *ev, void *arg)
@@ -596,16 +614,14 @@ static void on_request(struct evhttp_request *ev, void *arg)
 
     r->path = decode_path(raw_path && *raw_path ? raw_path : "/");
     if (!r->path) {
-        log_debug(MOD, "%s %s from %s: bad path", r->method, r->uri,
-                  r->peer);
+        log_debug(MOD, "%s %s from %s: bad path", r->method, r->uri, r->peer);
         r->path = xstrdup("");
         reply_text(r, 400, "bad request path\n");
         return;
     }
     route = route_find(srv, r->path);
     if (!route) {
-        log_debug(MOD, "%s %s from %s: no route", r->method, r->path,
-                  r->peer);
+        log_debug(MOD, "%s %s from %s: no route", r->method, r->path, r->peer);
         reply_text(r, 404, "not found\n");
         return;
     }
@@ -629,9 +645,9 @@ static void on_complete(struct evhttp_request *ev, void *arg)
 
 /* ---- public ---- */
 
-struct http_server *http_server_new(struct event_base *base,
-                                    const char *listen, size_t max_body,
-                                    unsigned timeout_s, struct error *err)
+struct http_server *http_server_new(struct event_base *base, const char *listen,
+                                    size_t max_body, unsigned timeout_s,
+                                    struct error *err)
 {
     struct http_server *srv = NULL;
     struct sockaddr_storage ss;
@@ -664,6 +680,8 @@ struct http_server *http_server_new(struct event_base *base,
     evhttp_set_timeout(srv->http, (int)srv->timeout_s);
     evhttp_set_allowed_methods(srv->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST |
                                               EVHTTP_REQ_HEAD);
+    /* labels evhttp's own error pages (400, 413, 501) */
+    evhttp_set_default_content_type(srv->http, TEXT_PLAIN);
     evhttp_set_gencb(srv->http, on_request, srv);
     evhttp_set_bevcb(srv->http, on_new_bev, srv);
 
@@ -816,8 +834,13 @@ void http_reply(struct http_request *req, int status, const char *ctype,
     if (!body)
         len = 0;
     out = evhttp_request_get_output_headers(ev);
-    if (ctype && *ctype && evhttp_add_header(out, "Content-Type", ctype) != 0)
-        log_warn(MOD, "invalid Content-Type dropped");
+    /* never evhttp's default, text/html */
+    if (!ctype || !*ctype)
+        ctype = TEXT_PLAIN;
+    if (evhttp_add_header(out, "Content-Type", ctype) != 0) {
+        log_warn(MOD, "invalid Content-Type replaced");
+        evhttp_add_header(out, "Content-Type", TEXT_PLAIN);
+    }
     if (status >= 200 && status != 204 && status != 304) {
         snprintf(clen, sizeof(clen), "%zu", len);
         evhttp_add_header(out, "Content-Length", clen);

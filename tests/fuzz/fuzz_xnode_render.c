@@ -136,7 +136,7 @@ static void read_chars(struct reader *r, bool attr, struct strbuf *b)
     } refs[] = {
         {"&amp;", '&', false}, {"&lt;", '<', false},   {"&gt;", '>', false},
         {"&quot;", '"', true}, {"&apos;", '\'', true}, {"&#9;", '\t', true},
-        {"&#10;", '\n', true}, {"&#13;", '\r', true},
+        {"&#10;", '\n', true}, {"&#13;", '\r', false},
     };
 
     while (r->pos < r->len) {
@@ -147,8 +147,10 @@ static void read_chars(struct reader *r, bool attr, struct strbuf *b)
             return;
         /* Raw markup never appears in character data. */
         CHECK(c != '<' && c != '>');
+        /* CR is always a reference: a parser turns a raw one into LF */
+        CHECK(c != '\r');
         if (attr)
-            CHECK(c != '\t' && c != '\n' && c != '\r');
+            CHECK(c != '\t' && c != '\n');
         if (c == '&') {
             size_t i;
             for (i = 0; i < ARRAY_SIZE(refs); i++)

@@ -45,7 +45,7 @@ struct fixture {
     int port;
     int hang_fd; /* listening, never accepts: requests hang */
     int hang_port;
-    int dead_port; /* nothing listens */
+    int dead_port;     /* nothing listens */
     unsigned conns;    /* connections the evhttp server accepted */
     unsigned requests; /* requests the evhttp server received */
     struct evhttp_request *slow[SLOW_MAX];
@@ -96,8 +96,7 @@ static void on_done(void *arg, const struct error *err,
     c->body = xstrndup(resp->body, resp->body_len);
     c->body_len = resp->body_len;
     c->retry_after = resp->retry_after ? xstrdup(resp->retry_after) : NULL;
-    c->content_type =
-        resp->content_type ? xstrdup(resp->content_type) : NULL;
+    c->content_type = resp->content_type ? xstrdup(resp->content_type) : NULL;
 }
 
 /* --- the server ----------------------------------------------------------- */
@@ -111,9 +110,9 @@ static const char *req_header(struct evhttp_request *req, const char *name)
 
 static void handle_echo(struct evhttp_request *req)
 {
-    static const char *const methods[] = {"GET", "POST", "HEAD", "PUT",
-                                          "DELETE", "OPTIONS", "TRACE",
-                                          "CONNECT", "PATCH"};
+    static const char *const methods[] = {"GET",   "POST",    "HEAD",
+                                          "PUT",   "DELETE",  "OPTIONS",
+                                          "TRACE", "CONNECT", "PATCH"};
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     const char *method = "?";
@@ -392,8 +391,8 @@ static void test_post_echo_basic_auth(void **state)
     assert_string_equal(json_string_value(json_object_get(j, "ctype")),
                         "application/x-www-form-urlencoded");
     assert_string_equal(json_string_value(json_object_get(j, "xtest")), "yes");
-    assert_true(str_has_prefix(
-        json_string_value(json_object_get(j, "ua")), "postern/"));
+    assert_true(str_has_prefix(json_string_value(json_object_get(j, "ua")),
+                               "postern/"));
     json_decref(j);
     call_reset(&c);
     free(u);
@@ -413,8 +412,7 @@ static void test_get_and_put(void **state)
     assert_int_equal(c.status, 200);
     j = json_loads(c.body, 0, NULL);
     assert_non_null(j);
-    assert_string_equal(json_string_value(json_object_get(j, "method")),
-                        "GET");
+    assert_string_equal(json_string_value(json_object_get(j, "method")), "GET");
     assert_string_equal(json_string_value(json_object_get(j, "body")), "");
     /* no userpwd: no Authorization header */
     assert_string_equal(json_string_value(json_object_get(j, "auth")), "");
@@ -428,8 +426,7 @@ static void test_get_and_put(void **state)
     assert_int_equal(c.status, 200);
     j = json_loads(c.body, 0, NULL);
     assert_non_null(j);
-    assert_string_equal(json_string_value(json_object_get(j, "method")),
-                        "PUT");
+    assert_string_equal(json_string_value(json_object_get(j, "method")), "PUT");
     assert_string_equal(json_string_value(json_object_get(j, "body")),
                         "{\"a\":1}");
     json_decref(j);
@@ -443,8 +440,8 @@ static void test_429_retry_after(void **state)
     struct fixture *fx = *state;
     struct http_client *hc = new_client(fx, 0);
     char *u = url(fx, fx->port, "/429");
-    struct http_req_spec spec = {.method = "POST", .url = u, .body = "x",
-                                 .body_len = 1};
+    struct http_req_spec spec = {
+        .method = "POST", .url = u, .body = "x", .body_len = 1};
     struct call c = {0};
 
     request_once(fx, hc, &spec, &c);
@@ -482,8 +479,11 @@ static void test_total_timeout(void **state)
     struct fixture *fx = *state;
     struct http_client *hc = new_client(fx, 0);
     char *u = url(fx, fx->hang_port, "/");
-    struct http_req_spec spec = {.method = "POST", .url = u, .body = "x",
-                                 .body_len = 1, .timeout_ms = 300};
+    struct http_req_spec spec = {.method = "POST",
+                                 .url = u,
+                                 .body = "x",
+                                 .body_len = 1,
+                                 .timeout_ms = 300};
     struct call c = {0};
     uint64_t t0 = now_ms();
     uint64_t took;
@@ -505,8 +505,8 @@ static void test_connection_refused(void **state)
     struct fixture *fx = *state;
     struct http_client *hc = new_client(fx, 0);
     char *u = url(fx, fx->dead_port, "/");
-    struct http_req_spec spec = {.method = "GET", .url = u,
-                                 .userpwd = "AC123:secret-token"};
+    struct http_req_spec spec = {
+        .method = "GET", .url = u, .userpwd = "AC123:secret-token"};
     struct call c = {0};
 
     request_once(fx, hc, &spec, &c);
@@ -602,8 +602,8 @@ static void chain_done(void *arg, const struct error *err,
 
 static void chain_next(struct chain *ch)
 {
-    struct http_req_spec spec = {.method = "POST", .url = ch->url,
-                                 .body = "k=v", .body_len = 3};
+    struct http_req_spec spec = {
+        .method = "POST", .url = ch->url, .body = "k=v", .body_len = 3};
     struct error err;
     int before = ch->completed;
 
@@ -673,8 +673,7 @@ static void test_free_in_flight(void **state)
                                      .url = i < 5 ? slow : hang};
         calls[i].hc = hc;
         assert_int_equal(
-            http_client_request(hc, &spec, on_done_retry, &calls[i], &err),
-            0);
+            http_client_request(hc, &spec, on_done_retry, &calls[i], &err), 0);
     }
     /* the server holds 5 requests, 3 sit in a listen queue */
     run_until(fx, slow_arrived, fx, 5000);
@@ -725,11 +724,17 @@ static void test_invalid_requests(void **state)
         {.method = NULL, .url = "http://127.0.0.1/"},
         {.method = "GET X", .url = "http://127.0.0.1/"},
         {.method = "GET", .url = "http://127.0.0.1/\r\nX: 1"},
-        {.method = "GET", .url = "http://127.0.0.1/", .headers = bad_hdr,
+        {.method = "GET",
+         .url = "http://127.0.0.1/",
+         .headers = bad_hdr,
          .n_headers = 1},
-        {.method = "GET", .url = "http://127.0.0.1/", .headers = bad_name,
+        {.method = "GET",
+         .url = "http://127.0.0.1/",
+         .headers = bad_name,
          .n_headers = 1},
-        {.method = "POST", .url = "http://127.0.0.1/", .body = NULL,
+        {.method = "POST",
+         .url = "http://127.0.0.1/",
+         .body = NULL,
          .body_len = 3},
     };
     struct call c = {0};
@@ -801,23 +806,18 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_post_echo_basic_auth, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_get_and_put, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_429_retry_after, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_429_retry_after, setup, teardown),
         cmocka_unit_test_setup_teardown(test_503_is_a_response, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_total_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connection_refused, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_body_limit, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_concurrency_cap, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_keepalive_reuse, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_concurrency_cap, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_keepalive_reuse, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_in_flight, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_free_before_loop, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_invalid_requests, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_free_before_loop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_invalid_requests, setup, teardown),
         cmocka_unit_test(test_form_add),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

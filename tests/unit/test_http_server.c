@@ -129,6 +129,15 @@ static void h_name(struct http_request *req, void *arg)
     http_reply(req, 200, "text/plain", out, (size_t)n);
 }
 
+/* No type, no body: 204 with our text/plain, never evhttp's text/html. */
+static void h_empty(struct http_request *req, void *arg)
+{
+    struct tag *tag = arg;
+
+    record(tag->t, tag->name, req);
+    http_reply(req, 204, NULL, NULL, 0);
+}
+
 /* Keeps the request; the test answers it later. */
 static void h_hold(struct http_request *req, void *arg)
 {
@@ -169,8 +178,8 @@ static struct t *t_new(size_t max_body, unsigned timeout_s)
     struct t *t = xcalloc(1, sizeof(*t));
     struct error err;
     struct timeval tv = {0, 5 * 1000};
-    static const char *names[] = {"sms",   "special", "health", "a",
-                                  "hold",  "async",   "root2",  "spare"};
+    static const char *names[] = {"sms",  "special", "health", "a",
+                                  "hold", "async",   "root2",  "spare"};
 
     t->base = event_base_new();
     assert_non_null(t->base);
@@ -178,8 +187,7 @@ static struct t *t_new(size_t max_body, unsigned timeout_s)
     event_add(t->tick, &tv);
     t->reply_ev = evtimer_new(t->base, on_reply_timer, t);
     error_clear(&err);
-    t->srv = http_server_new(t->base, "127.0.0.1:0", max_body, timeout_s,
-                             &err);
+    t->srv = http_server_new(t->base, "127.0.0.1:0", max_body, timeout_s, &err);
     assert_non_null(t->srv);
     t->port = http_server_port(t->srv);
     assert_true(t->port > 0);
@@ -193,6 +201,7 @@ static struct t *t_new(size_t max_body, unsigned timeout_s)
     http_server_route(t->srv, "/a", h_name, &t->tags[3]);
     http_server_route(t->srv, "/hold", h_hold, &t->tags[4]);
     http_server_route(t->srv, "/async", h_async, &t->tags[5]);
+    http_server_route(t->srv, "/empty", h_empty, &t->tags[7]);
     return t;
 }
 
@@ -308,8 +317,7 @@ static const char *resp_header(const struct resp *r, const char *name,
 }
 
 /* One request on a fresh connection; waits until the server closes. */
-static void exchange(struct t *t, const char *req, size_t len,
-                     struct resp *r)
+static void exchange(struct t *t, const char *req, size_t len, struct resp *r)
 {
     memset(r, 0, sizeof(*r));
     sb_init(&r->raw);
@@ -420,8 +428,7 @@ static void test_routing(void **state)
     assert_int_equal(r.status, 404);
     assert_string_equal(r.body, "not found\n");
     assert_non_null(resp_header(&r, "Content-Type", v, sizeof(v)));
-    assert_string_equal(resp_header(&r, "Content-Length", v, sizeof(v)),
-                        "10");
+    assert_string_equal(resp_header(&r, "Content-Length", v, sizeof(v)), "10");
     assert_string_equal(resp_header(&r, "Cache-Control", v, sizeof(v)),
                         "no-store");
     resp_free(&r);
@@ -490,8 +497,16 @@ static void test_percent_decoding(void **state)
     assert_string_equal(t->name, "sms");
     resp_free(&r);
 
-    static const char *const bad[] = {"/a%00b", "/a%", "/a%4", "/a%zz",
-                                      "/a%4g"};
+    /* dots inside a segment are just characters */
+    get(t, "GET", "/a/..x/.y/z..", &r);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(t->path, "/a/..x/.y/z..");
+    resp_free(&r);
+
+    static const char *const bad[] = {
+        "/a%00b",  "/a%",           "/a%4", "/a%zz",  "/a%4g",
+        "/a/../b", "/sms/%2e%2e/x", "/a/.", "/a/./b", "/sms/..",
+    };
     for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
         int calls = t->calls;
         get(t, "GET", bad[i], &r);
@@ -548,8 +563,9 @@ static void test_header_limit(void **state)
     /* 8 KiB of headers pass */
     pad[8000] = '\0';
     sb_init(&req);
-    sb_printf(&req, "GET /a HTTP/1.1\r\nHost: test\r\nX-Pad: %s\r\n"
-                    "Connection: close\r\n\r\n",
+    sb_printf(&req,
+              "GET /a HTTP/1.1\r\nHost: test\r\nX-Pad: %s\r\n"
+              "Connection: close\r\n\r\n",
               pad);
     exchange(t, req.s, req.len, &r);
     assert_int_equal(r.status, 200);
@@ -560,11 +576,13 @@ static void test_header_limit(void **state)
     /* 20 KB do not */
     pad[8000] = 'h';
     sb_init(&req);
-    sb_printf(&req, "GET /a HTTP/1.1\r\nHost: test\r\nX-Pad: %s\r\n"
-                    "Connection: close\r\n\r\n",
+    sb_printf(&req,
+              "GET /a HTTP/1.1\r\nHost: test\r\nX-Pad: %s\r\n"
+              "Connection: close\r\n\r\n",
               pad);
     exchange(t, req.s, req.len, &r);
-    assert_true(r.status == 413 || r.status == 400 || r.status == 431);
+    /* evhttp answers an over-long header block with 400 */
+    assert_int_equal(r.status, 400);
     assert_int_equal(t->calls, 1);
     resp_free(&r);
     sb_free(&req);
@@ -596,8 +614,7 @@ static void test_methods(void **state)
     get(t, "HEAD", "/healthz", &r);
     assert_int_equal(r.status, 200);
     assert_string_equal(t->method, "HEAD");
-    assert_string_equal(resp_header(&r, "Content-Length", v, sizeof(v)),
-                        glen);
+    assert_string_equal(resp_header(&r, "Content-Length", v, sizeof(v)), glen);
     assert_int_equal(r.body_len, 0);
     resp_free(&r);
 
@@ -610,9 +627,18 @@ static void test_methods(void **state)
     assert_string_equal(t->body, "hi");
     resp_free(&r);
 
+    get(t, "POST", "/empty", &r);
+    assert_int_equal(r.status, 204);
+    assert_string_equal(t->name, "spare");
+    assert_int_equal(r.body_len, 0);
+    assert_string_equal(resp_header(&r, "Content-Type", v, sizeof(v)),
+                        "text/plain; charset=utf-8");
+    assert_null(resp_header(&r, "Content-Length", v, sizeof(v)));
+    resp_free(&r);
+
     /* anything else never reaches a handler */
-    static const char *const refused[] = {"PUT", "DELETE", "OPTIONS",
-                                          "PATCH", "TRACE"};
+    static const char *const refused[] = {"PUT", "DELETE", "OPTIONS", "PATCH",
+                                          "TRACE"};
     for (size_t i = 0; i < ARRAY_SIZE(refused); i++) {
         int calls = t->calls;
         get(t, refused[i], "/healthz", &r);
@@ -648,8 +674,7 @@ static void test_async_reply(void **state)
     assert_string_equal(r.body, "{\"ok\":true}");
     assert_string_equal(resp_header(&r, "Content-Type", v, sizeof(v)),
                         "application/json");
-    assert_string_equal(resp_header(&r, "Content-Length", v, sizeof(v)),
-                        "11");
+    assert_string_equal(resp_header(&r, "Content-Length", v, sizeof(v)), "11");
     resp_free(&r);
     t_free(t);
 }
@@ -807,10 +832,14 @@ static void test_connection_cap(void **state)
     t = t_new(1024, 30);
     c.t = t;
     c.base_fds = count_fds();
-    for (int i = 0; i < CAP; i++)
+    /* in batches, so that the listen backlog never overflows */
+    for (int i = 0; i < CAP; i++) {
         fds[i] = cli_connect(t->port);
-    c.want = c.base_fds + 2 * CAP;
-    assert_true(run_until(t, cap_fds, &c));
+        if ((i + 1) % 64 == 0) {
+            c.want = c.base_fds + 2 * (i + 1);
+            assert_true(run_until(t, cap_fds, &c));
+        }
+    }
 
     /* one more: connected by the kernel, not accepted by the server */
     memset(&extra, 0, sizeof(extra));
@@ -852,9 +881,9 @@ static void test_bad_listen(void **state)
     struct event_base *base = event_base_new();
     struct error err;
     static const char *const bad[] = {
-        "",          "8080",        "127.0.0.1",      "127.0.0.1:",
-        "1.2.3.4:x", "1.2.3:80",    "127.0.0.1:65536", "[::1]80",
-        "[::1:80",   "::1:80",      "host.example:80", "127.0.0.1:-1",
+        "",          "8080",     "127.0.0.1",       "127.0.0.1:",
+        "1.2.3.4:x", "1.2.3:80", "127.0.0.1:65536", "[::1]80",
+        "[::1:80",   "::1:80",   "host.example:80", "127.0.0.1:-1",
     };
 
     (void)state;

@@ -185,48 +185,48 @@ static void test_empty(void **state)
     expect("", true, 0, 1);
 }
 
+/* n1 copies of unit, then mid, then n2 copies of unit. */
+static void expect_around(const char *unit, size_t n1, const char *mid,
+                          size_t n2, bool gsm7, size_t units,
+                          size_t segments)
+{
+    char *head = build("", unit, n1, mid);
+    char *all = build(head, unit, n2, "");
+
+    expect(all, gsm7, units, segments);
+    free(all);
+    free(head);
+}
+
 static void test_emoji_at_boundary(void **state)
 {
     (void)state;
     /* 66 + 2 + 66 = 134 units would fit 2 x 67, but the pair at units
      * 67-68 cannot be split: [66][2+65][1]. */
-    expect_n("", "ç", 66, "😀ççççççççççççççççççççççççççççççççççççççççççççççç"
-                          "ççççççççççççççççççç",
-             false, 134, 3);
+    expect_around("ç", 66, "😀", 66, false, 134, 3);
     /* Shifted by one, the pair ends the first segment exactly. */
-    expect_n("", "ç", 65, "😀ççççççççççççççççççççççççççççççççççççççççççççççç"
-                          "çççççççççççççççççççç",
-             false, 134, 2);
+    expect_around("ç", 65, "😀", 67, false, 134, 2);
     /* In a single segment nothing moves: 68 + 2 = 70. */
-    expect_n("", "ç", 68, "😀", false, 70, 1);
-    expect_n("", "ç", 69, "😀", false, 71, 2);
+    expect_around("ç", 68, "😀", 0, false, 70, 1);
+    expect_around("ç", 69, "😀", 0, false, 71, 2);
+    /* Pairs only: 67 is odd, so every concatenated segment holds 33. */
+    expect_around("😀", 66, "", 0, false, 132, 2);
+    expect_around("😀", 67, "", 0, false, 134, 3);
 }
 
 static void test_extension_at_boundary(void **state)
 {
-    char *s;
     (void)state;
-
     /* 152 + 2 + 152 = 306 septets would fit 2 x 153, but the euro at
      * septets 153-154 cannot be split: [152][2+151][1]. */
-    s = build("", "a", 152, "€");
-    {
-        char *t = build(s, "a", 152, "");
-        expect(t, true, 306, 3);
-        free(t);
-    }
-    free(s);
-    /* Shifted by one: [151+2][152]. */
-    s = build("", "a", 151, "€");
-    {
-        char *t = build(s, "a", 153, "");
-        expect(t, true, 306, 2);
-        free(t);
-    }
-    free(s);
+    expect_around("a", 152, "€", 152, true, 306, 3);
+    /* Shifted by one: [151+2][153]. */
+    expect_around("a", 151, "€", 153, true, 306, 2);
     /* Single segment: ends exactly at 160 with an extension char. */
-    expect_n("", "a", 158, "€", true, 160, 1);
-    expect_n("", "a", 159, "€", true, 161, 2);
+    expect_around("a", 158, "€", 0, true, 160, 1);
+    expect_around("a", 159, "€", 0, true, 161, 2);
+    /* A basic char after 152 septets still fits the first segment. */
+    expect_around("a", 152, "b", 153, true, 306, 2);
 }
 
 static void test_mixed_turns_ucs2(void **state)
