@@ -95,14 +95,25 @@ struct ctx {
     int kind;     /* enum transport_kind of the gateway being read, or -1 */
     int provider; /* enum provider_id of the provider being read, or -1 */
     char why[256];
+    char file[4096];
 };
 
 /* ---- reporting ---------------------------------------------------------- */
 
-static const char *setting_file(const struct ctx *x, const config_setting_t *s)
+/*
+ * libconfig names an included file as written in @include; show it from
+ * the including file's directory, where it was looked for.
+ */
+static const char *setting_file(struct ctx *x, const config_setting_t *s)
 {
     const char *f = s ? config_setting_source_file(s) : NULL;
-    return f ? f : x->path;
+
+    if (!f)
+        return x->path;
+    if (f[0] == '/' || !x->dir)
+        return f;
+    snprintf(x->file, sizeof(x->file), "%s/%s", x->dir, f);
+    return x->file;
 }
 
 /* A top-level key has no enclosing group with a line; say line 1. */
@@ -1396,7 +1407,12 @@ int config_load(const char *path, struct config **out, struct strbuf *errors)
     /* @include "x.conf" is relative to this file, not to the cwd. */
     config_set_include_dir(&cf, x.dir);
     if (config_read(&cf, f) != CONFIG_TRUE) {
+        /* Only an included file has a name here: the main one is a FILE. */
         const char *ef = config_error_file(&cf);
+        if (ef && ef[0] != '/') {
+            snprintf(x.file, sizeof(x.file), "%s/%s", x.dir, ef);
+            ef = x.file;
+        }
         if (config_error_type(&cf) == CONFIG_ERR_FILE_IO)
             sb_printf(errors, "%s: cannot read: %s\n", ef ? ef : path,
                       config_error_text(&cf));

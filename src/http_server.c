@@ -18,7 +18,10 @@
  * is per read unless set (DESIGN.md section 7, pitfall 7), so this module
  * always sets them. It has no connection limit; this module adds one by
  * counting connections from the bufferevent callback (evhttp_set_bevcb)
- * and pausing the listener at the cap, and it closes connections whose
+ * and pausing the listener at MAX_CONNS (further clients wait in the
+ * kernel's backlog); the evhttp connection is then found as the
+ * bufferevent's callback argument, which evhttp 2.1 sets to it. It also
+ * closes connections whose
  * request has not arrived whole within timeout_s of wall-clock time (a
  * client dripping one byte per second defeats evhttp's per-read timeout).
  *

@@ -267,8 +267,9 @@ s2s_ports = {{}}
 http_ports = {{}}
 https_ports = {{}}
 c2s_direct_tls_ports = {{}}
-modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; "version"; "posix" }}
-modules_disabled = {{ "s2s"; "tls"; "offline"; "c2s_csi" }}
+modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; "version"; "posix";
+                    "offline" }}
+modules_disabled = {{ "s2s"; "tls" }}
 authentication = "internal_plain"
 storage = "internal"
 c2s_require_encryption = false
@@ -450,7 +451,7 @@ def _lc_list(items):
 
 
 def postern_config(stack, sms_secret=None, email=False, limits=None,
-                   log_level="debug"):
+                   log_level="debug", extra=""):
     """libconfig text for a postern attached to stack's server."""
     limits = dict(limits or {})
     limits.setdefault("per_user_per_minute", 1000)
@@ -480,6 +481,7 @@ redis = {{ url = "{stack.redis.url}"; prefix = "{stack.prefix}"; }};
 http = {{ listen = "127.0.0.1:{stack.http_port}";
          public_url = "http://127.0.0.1:{stack.http_port}"; }};
 xmpp = {{ host = "127.0.0.1"; port = {stack.server.component_port}; }};
+{extra}
 gateways = (
 {(","+chr(10)).join(gws)}
 );
@@ -729,7 +731,8 @@ def _esc(s):
 
 class Stack:
     def __init__(self, server="prosody", email=False, sms_secret=None,
-                 limits=None, log_level="debug", start_postern=True):
+                 limits=None, log_level="debug", start_postern=True,
+                 extra=""):
         self.tmp = tempfile.mkdtemp(prefix="postern-it-")
         self.server_kind = server
         self.email = email
@@ -737,6 +740,7 @@ class Stack:
         self.limits = limits
         self.log_level = log_level
         self.start_postern = start_postern
+        self.extra = extra
         self.http_port = free_port()
         self.smtp_port = free_port()
         self.lmtp_port = free_port()
@@ -773,7 +777,8 @@ class Stack:
 
     def config_text(self, **kw):
         args = dict(sms_secret=self.sms_secret, email=self.email,
-                    limits=self.limits, log_level=self.log_level)
+                    limits=self.limits, log_level=self.log_level,
+                    extra=self.extra)
         args.update(kw)
         return postern_config(self, **args)
 
@@ -858,12 +863,13 @@ class StackTest(unittest.TestCase):
     server = "prosody"
     email = False
     limits = None
+    extra = ""
     stack = None
 
     @classmethod
     def setUpClass(cls):
         cls.stack = Stack(server=cls.server, email=cls.email,
-                          limits=cls.limits).start()
+                          limits=cls.limits, extra=cls.extra).start()
 
     @classmethod
     def tearDownClass(cls):
@@ -887,6 +893,55 @@ class StackTest(unittest.TestCase):
         errs = client.errors_for(mid)
         self.assertEqual(errs, [], "unexpected error(s): %s"
                          % [to_str(e) for e in errs])
+
+
+def caps_ver(query):
+    """XEP-0115 sha-1 verification string of a disco#info <query/>."""
+    import base64
+    import hashlib
+    q = "{%s}" % NS_DISCO_INFO
+    ids = sorted("%s/%s/%s/%s" % (i.get("category", ""), i.get("type", ""),
+                                  i.get("{http://www.w3.org/XML/1998/"
+                                        "namespace}lang", ""),
+                                  i.get("name", ""))
+                 for i in query.findall(q + "identity"))
+    feats = sorted(f.get("var") for f in query.findall(q + "feature"))
+    s = "".join(i + "<" for i in ids) + "".join(f + "<" for f in feats)
+    forms = []
+    for x in query.findall("{%s}x" % NS_DATA):
+        fields = {}
+        ftype = None
+        for f in x.findall("{%s}field" % NS_DATA):
+            vals = sorted(v.text or "" for v in
+                          f.findall("{%s}value" % NS_DATA))
+            if f.get("var") == "FORM_TYPE":
+                ftype = vals[0] if vals else ""
+            else:
+                fields[f.get("var")] = vals
+        fs = (ftype or "") + "<"
+        for k in sorted(fields):
+            fs += k + "<" + "".join(v + "<" for v in fields[k])
+        forms.append((ftype or "", fs))
+    s += "".join(fs for _, fs in sorted(forms))
+    return base64.b64encode(hashlib.sha1(s.encode()).digest()).decode()
+
+
+def repo_root():
+    return os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
+
+
+def is_msg(el, frm=None, with_body=True):
+    if local(el.tag) != "message" or el.get("type") == "error":
+        return False
+    if frm is not None and bare(el.get("from")) != frm:
+        return False
+    return (not with_body) or child(el, NS_CLIENT, "body") is not None
+
+
+def body(el):
+    b = child(el, NS_CLIENT, "body")
+    return None if b is None else (b.text or "")
 
 
 def contact(number, gw=SMS_JID):

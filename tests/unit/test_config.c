@@ -781,6 +781,30 @@ static void test_secret_files(void **state)
     assert_null(strstr(f->errs, "TOPSECRET"));
 }
 
+static void test_include(void **state)
+{
+    struct fx *f = *state;
+    char *want;
+
+    /* @include is read relative to the including file's directory, and
+     * errors name the included file. */
+    write_in(f, "extra.conf", "xmpp = {\n  port = 0; };\n");
+    assert_int_equal(load(f, "@include \"extra.conf\"\n"
+                             "gateways = (\n" SMS_GW "\n);\n"),
+                     -1);
+    want = xasprintf("%s/extra.conf:2: xmpp.port: 0 is out of range (1 to "
+                     "65535)\n",
+                     f->dir);
+    assert_string_equal(f->errs, want);
+    free(want);
+
+    write_in(f, "extra.conf", "xmpp = {\n  port = ; };\n");
+    assert_int_equal(load(f, "@include \"extra.conf\"\n"), -1);
+    want = xasprintf("%s/extra.conf:2: syntax error: syntax error\n", f->dir);
+    assert_string_equal(f->errs, want);
+    free(want);
+}
+
 /* ---- reload ------------------------------------------------------------ */
 
 static void test_reload(void **state)
@@ -879,6 +903,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_providers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_duplicate_jids, setup, teardown),
         cmocka_unit_test_setup_teardown(test_secret_files, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_include, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reload, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
