@@ -41,7 +41,7 @@
 #define RECONNECT_BASE_MS 100
 #define RECONNECT_CAP_MS 5000
 #define DEAD_LINK_FACTOR 3
-#define MAX_ARGS 16
+#define MAX_ARGS 24
 
 enum cmd_kind { K_INTERNAL, K_DONE, K_STR, K_LIST, K_ENTRIES };
 
@@ -1211,6 +1211,204 @@ void store_stream_len(struct store *s, const char *name, store_str_fn *fn,
 {
     char *k = stream_key(s, name);
     const char *argv[] = {"XLEN", k};
+    cmd_send(s, new_str(s, fn, arg), 2, argv);
+    free(k);
+}
+
+/*
+ * KEYS stream rcpt retry dead notice; ARGV group consumer id check_owner
+ * rcpt_value ttl due retry_payload dead_payload notice_payload. An empty
+ * value skips its action. The owner check keeps a process whose entry
+ * was reclaimed (it stalled past the claim idle) from scheduling a retry
+ * or a notice for an entry that another process now sends.
+ */
+static const char stream_finish_lua[] =
+    "local s, g, c, id = KEYS[1], ARGV[1], ARGV[2], ARGV[3]\n"
+    "if ARGV[4] == '1' then\n"
+    "  local pe = redis.pcall('XPENDING', s, g, id, id, 1)\n"
+    "  if type(pe) ~= 'table' or pe.err or not pe[1] or\n"
+    "     pe[1][2] ~= c then return 0 end\n"
+    "end\n"
+    "redis.pcall('XACK', s, g, id)\n"
+    "redis.call('XDEL', s, id)\n"
+    "if ARGV[5] ~= '' then\n"
+    "  redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[6])\n"
+    "end\n"
+    "if ARGV[8] ~= '' then redis.call('ZADD', KEYS[3], ARGV[7], ARGV[8]) end\n"
+    "if ARGV[9] ~= '' then redis.call('XADD', KEYS[4], '*', 'p', ARGV[9]) end\n"
+    "if ARGV[10] ~= '' then\n"
+    "  redis.call('XADD', KEYS[5], '*', 'p', ARGV[10])\n"
+    "end\n"
+    "return 1\n";
+
+static char *retry_key(const struct store *s, const char *name)
+{
+    return xasprintf("%s:retry:%s", s->prefix, name);
+}
+
+static char *rcpt_key(const struct store *s, const char *gw, const char *id)
+{
+    return xasprintf("%s:rcpt:%s:%s", s->prefix, gw, id);
+}
+
+static const char *or_empty(const char *v)
+{
+    return v ? v : "";
+}
+
+void store_stream_finish(struct store *s, const char *name, const char *group,
+                         const char *consumer, const char *id,
+                         const struct store_finish *f, store_str_fn *fn,
+                         void *arg)
+{
+    bool rcpt = f->receipt_gw && f->receipt_id && f->receipt_value;
+    char *k = stream_key(s, name);
+    char *rk = rcpt ? rcpt_key(s, f->receipt_gw, f->receipt_id)
+                    : xasprintf("%s:rcpt:-", s->prefix);
+    char *zk = retry_key(s, name);
+    char *dk = stream_key(s, f->dead_name ? f->dead_name : "-");
+    char *nk = stream_key(s, f->notice_name ? f->notice_name : "-");
+    char ttl[16], due[24];
+
+    snprintf(ttl, sizeof(ttl), "%u", f->receipt_ttl_s ? f->receipt_ttl_s : 1);
+    snprintf(due, sizeof(due), "%llu", (unsigned long long)f->retry_due_ms);
+    const char *argv[] = {
+        "EVAL",
+        stream_finish_lua,
+        "5",
+        k,
+        rk,
+        zk,
+        dk,
+        nk,
+        group,
+        consumer,
+        id,
+        f->check_owner ? "1" : "0",
+        rcpt ? f->receipt_value : "",
+        ttl,
+        due,
+        or_empty(f->retry_payload),
+        f->dead_name ? or_empty(f->dead_payload) : "",
+        f->notice_name ? or_empty(f->notice_payload) : "",
+    };
+    cmd_send(s, new_str(s, fn, arg), (int)ARRAY_SIZE(argv), argv);
+    free(k);
+    free(rk);
+    free(zk);
+    free(dk);
+    free(nk);
+}
+
+/* KEYS retry stream; ARGV now count. */
+static const char retry_move_lua[] =
+    "local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1],\n"
+    "                         'LIMIT', 0, tonumber(ARGV[2]))\n"
+    "for _, p in ipairs(items) do\n"
+    "  redis.call('XADD', KEYS[2], '*', 'p', p)\n"
+    "  redis.call('ZREM', KEYS[1], p)\n"
+    "end\n"
+    "return #items\n";
+
+void store_retry_move(struct store *s, const char *name, uint64_t now_unix_ms,
+                      unsigned count, store_str_fn *fn, void *arg)
+{
+    char *zk = retry_key(s, name), *k = stream_key(s, name);
+    char now[24], cnt[16];
+
+    snprintf(now, sizeof(now), "%llu", (unsigned long long)now_unix_ms);
+    snprintf(cnt, sizeof(cnt), "%u", count ? count : 1);
+    const char *argv[] = {"EVAL", retry_move_lua, "2", zk, k, now, cnt};
+    cmd_send(s, new_str(s, fn, arg), 7, argv);
+    free(zk);
+    free(k);
+}
+
+void store_retry_len(struct store *s, const char *name, store_str_fn *fn,
+                     void *arg)
+{
+    char *zk = retry_key(s, name);
+    const char *argv[] = {"ZCARD", zk};
+    cmd_send(s, new_str(s, fn, arg), 2, argv);
+    free(zk);
+}
+
+/* KEYS stream; ARGV group consumer ids. */
+static const char stream_touch_lua[] =
+    "for id in string.gmatch(ARGV[3], '[^,]+') do\n"
+    "  local pe = redis.pcall('XPENDING', KEYS[1], ARGV[1], id, id, 1)\n"
+    "  if type(pe) == 'table' and not pe.err and pe[1] and\n"
+    "     pe[1][2] == ARGV[2] then\n"
+    "    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'JUSTID')\n"
+    "  end\n"
+    "end\n"
+    "return 1\n";
+
+void store_stream_touch(struct store *s, const char *name, const char *group,
+                        const char *consumer, const char *ids_csv,
+                        store_done_fn *fn, void *arg)
+{
+    char *k = stream_key(s, name);
+    const char *argv[] = {"EVAL", stream_touch_lua, "1",    k,
+                          group,  consumer,         ids_csv};
+    cmd_send(s, new_done(s, finish_done, fn, arg), 7, argv);
+    free(k);
+}
+
+/* KEYS stream; ARGV start count. Triples like the read scripts. */
+static const char stream_range_lua[] = LUA_FIELD_P
+    "local out = {}\n"
+    "local r = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT',\n"
+    "                     tonumber(ARGV[2]))\n"
+    "for _, e in ipairs(r) do\n"
+    "  out[#out + 1] = e[1]\n"
+    "  out[#out + 1] = pfield(e[2])\n"
+    "  out[#out + 1] = 0\n"
+    "end\n"
+    "return out\n";
+
+void store_stream_range(struct store *s, const char *name, const char *start,
+                        unsigned count, store_entries_fn *fn, void *arg)
+{
+    char *k = stream_key(s, name);
+    char cnt[16];
+
+    snprintf(cnt, sizeof(cnt), "%u", count ? count : 1);
+    const char *argv[] = {"EVAL", stream_range_lua, "1", k, start, cnt};
+    cmd_send(s, new_entries(s, fn, arg), 6, argv);
+    free(k);
+}
+
+/* KEYS from to; ARGV id payload. */
+static const char stream_move_lua[] =
+    "if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return false end\n"
+    "return redis.call('XADD', KEYS[2], '*', 'p', ARGV[2])\n";
+
+void store_stream_move(struct store *s, const char *from, const char *id,
+                       const char *to, const char *payload, store_str_fn *fn,
+                       void *arg)
+{
+    char *fk = stream_key(s, from), *tk = stream_key(s, to);
+    const char *argv[] = {"EVAL", stream_move_lua, "2", fk, tk, id, payload};
+    cmd_send(s, new_str(s, fn, arg), 7, argv);
+    free(fk);
+    free(tk);
+}
+
+void store_stream_del(struct store *s, const char *name, const char *id,
+                      store_str_fn *fn, void *arg)
+{
+    char *k = stream_key(s, name);
+    const char *argv[] = {"XDEL", k, id};
+    cmd_send(s, new_str(s, fn, arg), 3, argv);
+    free(k);
+}
+
+void store_receipt_get(struct store *s, const char *gw,
+                       const char *provider_id, store_str_fn *fn, void *arg)
+{
+    char *k = rcpt_key(s, gw, provider_id);
+    const char *argv[] = {"GET", k};
     cmd_send(s, new_str(s, fn, arg), 2, argv);
     free(k);
 }

@@ -10,8 +10,12 @@
  *   <prefix>:reg:<gw>:j2a          hash  bare JID -> address
  *   <prefix>:reg:<gw>:a2j          hash  address  -> bare JID
  *   <prefix>:contacts:<gw>:<jid>   set   contact nodes the user subscribed to
- *   <prefix>:stream:<name>         stream  durable queues (queue.c names them)
+ *   <prefix>:stream:<name>         stream  durable queues (queue.c names them:
+ *                                  "in:<gw>", "out:<gw>", "dead:out:<gw>")
+ *   <prefix>:retry:<name>          zset    delayed retries of stream <name>
+ *                                  (member = payload, score = due unix ms)
  *   <prefix>:seen:<name>:<id>      string  dedupe markers with expiry
+ *   <prefix>:rcpt:<gw>:<prov. id>  string  receipt mapping (JSON, expiry)
  *
  * Contract of every asynchronous call: the callback runs exactly once,
  * never before the call returns, with err NULL on success. Pointers passed
@@ -22,6 +26,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "util.h"
 
@@ -124,5 +129,67 @@ void store_stream_ack(struct store *s, const char *name, const char *group,
 /* XLEN; value is the decimal length. */
 void store_stream_len(struct store *s, const char *name, store_str_fn *fn,
                       void *arg);
+
+/*
+ * What happens, in one script, when a consumer is done with an entry.
+ * Every member is optional (NULL / 0 = not done).
+ */
+struct store_finish {
+    /* only when id is still pending on this consumer: else nothing at all
+     * happens and value is "0" (another process took the entry over) */
+    bool check_owner;
+    const char *receipt_gw;    /* SET <prefix>:rcpt:<gw>:<id> value EX ttl */
+    const char *receipt_id;
+    const char *receipt_value;
+    unsigned receipt_ttl_s;
+    const char *retry_payload; /* ZADD <prefix>:retry:<name> due payload */
+    uint64_t retry_due_ms;
+    const char *dead_name;     /* XADD stream dead_name p dead_payload */
+    const char *dead_payload;
+    const char *notice_name;   /* XADD stream notice_name p notice_payload */
+    const char *notice_payload;
+};
+/*
+ * XACK + XDEL of id in stream <name> and the actions of f, atomically.
+ * value "1" done, "0" skipped (check_owner and the entry is not ours).
+ */
+void store_stream_finish(struct store *s, const char *name, const char *group,
+                         const char *consumer, const char *id,
+                         const struct store_finish *f, store_str_fn *fn,
+                         void *arg);
+/*
+ * Moves up to count retries due at now_unix_ms from <prefix>:retry:<name>
+ * into stream <name> (XADD + ZREM per item in one script, so two
+ * processes never move one item twice). value = number moved.
+ */
+void store_retry_move(struct store *s, const char *name, uint64_t now_unix_ms,
+                      unsigned count, store_str_fn *fn, void *arg);
+/* ZCARD of <prefix>:retry:<name>. */
+void store_retry_len(struct store *s, const char *name, store_str_fn *fn,
+                     void *arg);
+/*
+ * Resets the idle time of the entries ids_csv ("id,id,...") that are
+ * still pending on consumer (XCLAIM ... JUSTID: no delivery counted), so
+ * no peer reclaims a long send; entries owned by others are untouched.
+ */
+void store_stream_touch(struct store *s, const char *name, const char *group,
+                        const char *consumer, const char *ids_csv,
+                        store_done_fn *fn, void *arg);
+/* XRANGE from start ("-" or an id, inclusive), up to count; deliveries 0. */
+void store_stream_range(struct store *s, const char *name, const char *start,
+                        unsigned count, store_entries_fn *fn, void *arg);
+/*
+ * Atomically deletes id from stream from and, only if it was there, adds
+ * payload to stream to. value = the new id, NULL when id was not in from.
+ */
+void store_stream_move(struct store *s, const char *from, const char *id,
+                       const char *to, const char *payload, store_str_fn *fn,
+                       void *arg);
+/* XDEL; value "1" deleted, "0" no such entry. */
+void store_stream_del(struct store *s, const char *name, const char *id,
+                      store_str_fn *fn, void *arg);
+/* GET <prefix>:rcpt:<gw>:<provider_id>; value NULL when unknown/expired. */
+void store_receipt_get(struct store *s, const char *gw,
+                       const char *provider_id, store_str_fn *fn, void *arg);
 
 #endif

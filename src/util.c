@@ -24,6 +24,7 @@ void error_set(struct error *e, int code, bool temporary, const char *fmt,
         return;
     e->code = code;
     e->temporary = temporary;
+    e->retry_after_s = 0;
     va_start(ap, fmt);
     vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
     va_end(ap);
@@ -35,6 +36,7 @@ void error_clear(struct error *e)
         return;
     e->code = COND_NONE;
     e->temporary = false;
+    e->retry_after_s = 0;
     e->msg[0] = '\0';
 }
 

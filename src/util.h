@@ -53,6 +53,12 @@ struct error {
     int code;       /* enum cond */
     bool temporary; /* retry later (wait) vs. permanent (cancel) */
     char msg[160];
+    /*
+     * Temporary errors only: seconds the peer asked us to wait before the
+     * next attempt (an HTTP Retry-After), 0 when it said nothing. Zeroed
+     * by error_set and error_clear; set it after error_set.
+     */
+    unsigned retry_after_s;
 };
 
 void error_set(struct error *e, int code, bool temporary, const char *fmt,

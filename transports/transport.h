@@ -81,7 +81,12 @@ struct msg {
     bool receipt;          /* XEP-0184 requested */
 };
 
-/* err NULL on success; provider_id may be NULL. */
+/*
+ * err NULL on success; provider_id may be NULL. A temporary err may carry
+ * err->retry_after_s (> 0): the provider asked for that many seconds
+ * before the next attempt (HTTP 429/503 Retry-After); the queue should
+ * wait at least that long (capped by its own retry_cap_ms).
+ */
 typedef void send_done_fn(void *arg, const struct error *err,
                           const char *provider_id);
 

@@ -21,8 +21,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define CHECK(cond)                                                            \
     do {                                                                       \
         if (!(cond)) {                                                         \
-            fprintf(stderr, "fuzz_segments: %s:%d: %s\n", __FILE__,           \
-                    __LINE__, #cond);                                          \
+            fprintf(stderr, "fuzz_segments: %s:%d: %s\n", __FILE__, __LINE__,  \
+                    #cond);                                                    \
             abort();                                                           \
         }                                                                      \
     } while (0)
@@ -34,9 +34,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static size_t wellformed(const uint8_t *s, size_t n, uint32_t *cp)
 {
     static const struct {
-        uint8_t lo, hi;         /* first byte range */
-        uint8_t len;            /* bytes in sequence */
-        uint8_t lo2, hi2;       /* second byte range */
+        uint8_t lo, hi;   /* first byte range */
+        uint8_t len;      /* bytes in sequence */
+        uint8_t lo2, hi2; /* second byte range */
     } rows[] = {
         {0x00, 0x7F, 1, 0, 0},       {0xC2, 0xDF, 2, 0x80, 0xBF},
         {0xE0, 0xE0, 3, 0xA0, 0xBF}, {0xE1, 0xEC, 3, 0x80, 0xBF},

@@ -33,8 +33,7 @@ static char *build(const char *prefix, const char *unit, size_t n,
     return s;
 }
 
-static void expect(const char *text, bool gsm7, size_t units,
-                   size_t segments)
+static void expect(const char *text, bool gsm7, size_t units, size_t segments)
 {
     struct segments_info si;
 
@@ -132,7 +131,7 @@ static void test_t22_emoji_digits(void **state)
 
 static void test_t22_escape_digits(void **state)
 {
-    static const char *const esc[] = {"|", "^", "€", "{", "}",
+    static const char *const esc[] = {"|", "^", "€", "{",  "}",
                                       "[", "]", "~", "\\", "\f"};
     (void)state;
 
@@ -187,8 +186,7 @@ static void test_empty(void **state)
 
 /* n1 copies of unit, then mid, then n2 copies of unit. */
 static void expect_around(const char *unit, size_t n1, const char *mid,
-                          size_t n2, bool gsm7, size_t units,
-                          size_t segments)
+                          size_t n2, bool gsm7, size_t units, size_t segments)
 {
     char *head = build("", unit, n1, mid);
     char *all = build(head, unit, n2, "");
@@ -254,20 +252,20 @@ static void test_flags_and_zwj(void **state)
 static void test_invalid_utf8(void **state)
 {
     static const char *const bad[] = {
-        "\x80",                 /* lone continuation */
-        "a\xC0\x80",            /* overlong NUL */
-        "\xC1\xBF",             /* overlong */
-        "\xE0\x80\x80",         /* overlong 3-byte */
-        "\xE0\x9F\xBF",         /* overlong 3-byte, top */
-        "\xED\xA0\x80",         /* high surrogate */
-        "\xED\xBF\xBF",         /* low surrogate */
-        "\xF0\x8F\xBF\xBF",     /* overlong 4-byte */
-        "\xF4\x90\x80\x80",     /* above U+10FFFF */
-        "\xF5\x80\x80\x80",     /* bad lead */
-        "\xFF",                 /* bad lead */
-        "\xE2\x82",             /* truncated euro */
-        "abc\xF0\x9F\x98",      /* truncated emoji */
-        "\xC3(",                /* bad continuation */
+        "\x80",             /* lone continuation */
+        "a\xC0\x80",        /* overlong NUL */
+        "\xC1\xBF",         /* overlong */
+        "\xE0\x80\x80",     /* overlong 3-byte */
+        "\xE0\x9F\xBF",     /* overlong 3-byte, top */
+        "\xED\xA0\x80",     /* high surrogate */
+        "\xED\xBF\xBF",     /* low surrogate */
+        "\xF0\x8F\xBF\xBF", /* overlong 4-byte */
+        "\xF4\x90\x80\x80", /* above U+10FFFF */
+        "\xF5\x80\x80\x80", /* bad lead */
+        "\xFF",             /* bad lead */
+        "\xE2\x82",         /* truncated euro */
+        "abc\xF0\x9F\x98",  /* truncated emoji */
+        "\xC3(",            /* bad continuation */
     };
     struct segments_info si;
     (void)state;
@@ -279,12 +277,12 @@ static void test_invalid_utf8(void **state)
         assert_int_equal(si.units, 0);
     }
     /* The edges of the valid ranges pass. */
-    expect("\xC2\x80", false, 1, 1);             /* U+0080 */
-    expect("\xED\x9F\xBF", false, 1, 1);         /* U+D7FF */
-    expect("\xEE\x80\x80", false, 1, 1);         /* U+E000 */
-    expect("\xEF\xBF\xBF", false, 1, 1);         /* U+FFFF */
-    expect("\xF0\x90\x80\x80", false, 2, 1);     /* U+10000 */
-    expect("\xF4\x8F\xBF\xBF", false, 2, 1);     /* U+10FFFF */
+    expect("\xC2\x80", false, 1, 1);         /* U+0080 */
+    expect("\xED\x9F\xBF", false, 1, 1);     /* U+D7FF */
+    expect("\xEE\x80\x80", false, 1, 1);     /* U+E000 */
+    expect("\xEF\xBF\xBF", false, 1, 1);     /* U+FFFF */
+    expect("\xF0\x90\x80\x80", false, 2, 1); /* U+10000 */
+    expect("\xF4\x8F\xBF\xBF", false, 2, 1); /* U+10FFFF */
 }
 
 static void test_large(void **state)

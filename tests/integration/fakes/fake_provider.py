@@ -31,7 +31,6 @@ import sys
 import time
 import urllib.parse
 import uuid
-from email.utils import formatdate
 
 from aiohttp import ClientSession, ClientTimeout, web
 
@@ -394,7 +393,7 @@ async def twilio_create(request):
     if sid != FAKE.args.twilio_account_sid:
         return finish(rec, *twilio_error(20404, path=request.path))
     early = await apply_faults(request, rec, "twilio")
-    if early:
+    if early is not None:
         return early
     form = rec.get("form", {})
     one = {k: v[0] for k, v in form.items()}
@@ -418,7 +417,7 @@ async def twilio_create(request):
     if len(media) > 10:
         return finish(rec, *twilio_error(21623))
     msid = ("MM" if media else "SM") + secrets.token_hex(16)
-    now = formatdate(usegmt=False)
+    now = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime())
     acct = FAKE.args.twilio_account_sid
     base = "/%s/Accounts/%s/Messages/%s" % (TWILIO_API_VERSION, acct, msid)
     m = {"account_sid": acct, "api_version": TWILIO_API_VERSION,
@@ -465,7 +464,7 @@ async def telnyx_create(request):
         return finish(rec, *telnyx_error(
             "10009", detail="The API key provided is invalid or missing."))
     early = await apply_faults(request, rec, "telnyx")
-    if early:
+    if early is not None:
         return early
     req = rec.get("json")
     if not isinstance(req, dict):
@@ -542,7 +541,7 @@ async def vonage_send(request):
                                     a.vonage_api_secret)):
         return fail("4", "Bad Credentials")
     early = await apply_faults(request, rec, "vonage")
-    if early:
+    if early is not None:
         return early
     if not VONAGE_NUMBER.match(params["to"]):
         return fail("3", "Invalid to param")
@@ -929,6 +928,9 @@ def parse_args(argv):
                    default="vonage-signature-secret")
     p.add_argument("--vonage-signature-method", default="md5hash",
                    choices=["md5hash", "md5", "sha1", "sha256", "sha512"])
+    p.add_argument("--exit-with-parent", action="store_true",
+                   help="get SIGTERM when the parent process dies "
+                   "(Linux), so a crashed test leaves no server behind")
     a = p.parse_args(argv)
     if a.telnyx_seed is None:
         a.telnyx_seed = os.urandom(32)
@@ -965,6 +967,12 @@ async def serve(args):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.exit_with_parent:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:
+            sys.exit("fake_provider: parent already gone")
     # A hung or closed request cancels its handler on purpose; that is
     # not an error worth a traceback.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
