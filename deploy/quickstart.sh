@@ -34,7 +34,8 @@ NUMBER_SPARE=+15550002222
 CONTACT=+15551234567
 
 DEPS="build-essential cmake pkg-config libstrophe-dev libevent-dev
-libhiredis-dev libjansson-dev libcurl4-openssl-dev libconfig-dev
+libhiredis-dev libjansson-dev libcurl4-openssl-dev libconfig-dev libssl-dev
+libgmime-3.0-dev libxml2-dev libesmtp-dev
 redis-server prosody python3-slixmpp openssl"
 
 say() { printf '\033[1mquickstart:\033[0m %s\n' "$*"; }
@@ -74,8 +75,7 @@ install_packages() {
     local rc=0
     {
         DEBIAN_FRONTEND=noninteractive apt-get update -q &&
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-                --no-install-recommends $missing
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing
     } || rc=$?
     [ "$added_policy" = 1 ] && rm -f "$policy"
     [ "$rc" = 0 ] || die "apt-get failed (exit $rc)"
@@ -120,10 +120,10 @@ ours() {
 }
 
 stop_pid() { # name pid
-    local name=$1 pid=$2 i
+    local name=$1 pid=$2 _
     ours "$pid" || return 0
     kill -TERM "$pid" 2>/dev/null || return 0
-    for i in $(seq 1 150); do
+    for _ in $(seq 1 150); do
         ours "$pid" || return 0
         sleep 0.1
     done
@@ -133,7 +133,7 @@ stop_pid() { # name pid
 
 stop_stale() {
     local name
-    for name in tail postern prosody redis; do
+    for name in postern prosody redis tail; do
         if [ -f "$RUN_DIR/$name.pid" ]; then
             stop_pid "$name" "$(cat "$RUN_DIR/$name.pid")"
             rm -f "$RUN_DIR/$name.pid"
@@ -143,6 +143,10 @@ stop_stale() {
 
 cleanup() {
     trap - EXIT INT TERM HUP
+    # Output may go to a pipe whose reader died with the same Ctrl-C
+    # (./quickstart.sh | tee log): stopping must not depend on it.
+    set +e
+    trap '' PIPE
     echo
     say "stopping"
     # postern before Prosody and Redis so it can drain and close its
@@ -172,8 +176,8 @@ free_port() { # preferred fallback_start
 }
 
 wait_port() { # name port pidname
-    local i
-    for i in $(seq 1 100); do
+    local _
+    for _ in $(seq 1 100); do
         port_taken "$2" && return 0
         ours "$(cat "$RUN_DIR/$3.pid")" || break
         sleep 0.1

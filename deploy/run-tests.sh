@@ -18,15 +18,16 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
+cd "$ROOT" || exit 1
 JOBS=${JOBS:-2}
 QUIET=
 [ "${CI:-}" = true ] && QUIET=1
 
 DEPS="build-essential cmake pkg-config libstrophe-dev libevent-dev
-libhiredis-dev libjansson-dev libcurl4-openssl-dev libconfig-dev
+libhiredis-dev libjansson-dev libcurl4-openssl-dev libconfig-dev libssl-dev
+libgmime-3.0-dev libxml2-dev libesmtp-dev
 redis-server prosody libcmocka-dev python3 python3-slixmpp python3-aiohttp
-ejabberd valgrind clang-format openssl"
+python3-aiosmtpd python3-cryptography ejabberd valgrind clang-format openssl"
 
 START=$(date +%s)
 FAILED_STAGES=
@@ -71,8 +72,7 @@ install_packages() {
     [ -n "$QUIET" ] && q=-qq
     {
         DEBIAN_FRONTEND=noninteractive apt-get update $q &&
-            DEBIAN_FRONTEND=noninteractive apt-get install -y $q \
-                --no-install-recommends $missing
+            DEBIAN_FRONTEND=noninteractive apt-get install -y $q $missing
     } || rc=$?
     [ "$added_policy" = 1 ] && rm -f "$policy"
     return "$rc"

@@ -44,6 +44,14 @@ struct admin {
     char jid[JID_MAX];
     char addr[ADDR_BUF];
     struct inmsg msg;
+
+    unsigned step;          /* queues: which count of the gateway */
+    const char *dead_op;    /* "list" | "retry" | "drop" */
+    char *dead_id;          /* one entry, or NULL for all */
+    char *cursor;           /* next XRANGE start */
+    struct store_entry *batch; /* owned copies */
+    size_t n, pos;
+    unsigned done_count;
 };
 
 static void usage(FILE *f, const char *prog)
@@ -61,8 +69,14 @@ static void usage(FILE *f, const char *prog)
             "users may\n"
             "                                  not claim themselves)\n"
             "  remove GATEWAY BARE_JID         unregister a JID\n"
-            "  queues                          inbound queue length per "
-            "gateway\n"
+            "  queues                          queue lengths per gateway "
+            "(out, retry,\n"
+            "                                  dead, in)\n"
+            "  dead list GATEWAY               outbound messages that ran "
+            "out of retries\n"
+            "  dead retry GATEWAY ID|all       queue dead letters again "
+            "(fresh max age)\n"
+            "  dead drop GATEWAY ID|all        delete dead letters\n"
             "  sms-inject GATEWAY --from +E164 --to +E164 [--media URL]... "
             "TEXT\n"
             "                                  queue an inbound SMS (sandbox "
@@ -153,6 +167,8 @@ static void list_next(struct admin *a)
 
 static void queues_next(struct admin *a);
 
+static const char *const queue_names[] = {"out", "retry", "dead", "in"};
+
 static void queues_done(const struct error *err, const char *value, void *arg)
 {
     struct admin *a = arg;
@@ -164,22 +180,189 @@ static void queues_done(const struct error *err, const char *value, void *arg)
         fail_err(a, "queues", err);
         return;
     }
-    printf("%s\tin\t%s\n", a->cfg->gateways[a->gw_index].jid,
-           value ? value : "0");
-    a->gw_index++;
+    printf("%s\t%s\t%s\n", a->cfg->gateways[a->gw_index].jid,
+           queue_names[a->step], value ? value : "0");
+    if (++a->step == ARRAY_SIZE(queue_names)) {
+        a->step = 0;
+        a->gw_index++;
+    }
     queues_next(a);
 }
 
 static void queues_next(struct admin *a)
 {
     if (a->gw_index < a->cfg->n_gateways) {
-        char *name = xasprintf("in:%s", a->cfg->gateways[a->gw_index].jid);
-        store_stream_len(a->store, name, queues_done, a);
+        const char *gw = a->cfg->gateways[a->gw_index].jid;
+        char *name = a->step == 2 ? xasprintf("dead:out:%s", gw)
+                     : a->step == 3 ? xasprintf("in:%s", gw)
+                                    : xasprintf("out:%s", gw);
+        if (a->step == 1)
+            store_retry_len(a->store, name, queues_done, a);
+        else
+            store_stream_len(a->store, name, queues_done, a);
         free(name);
         return;
     }
     fflush(stdout);
     finish(a, EXIT_OK);
+}
+
+/* ---- dead letters ------------------------------------------------------*/
+
+#define DEAD_BATCH 100
+
+static void dead_range(struct admin *a);
+static void dead_step(struct admin *a);
+
+static void batch_clear(struct admin *a)
+{
+    for (size_t i = 0; i < a->n; i++) {
+        free(a->batch[i].id);
+        free(a->batch[i].payload);
+    }
+    free(a->batch);
+    a->batch = NULL;
+    a->n = a->pos = 0;
+}
+
+static char *dead_name(const struct admin *a)
+{
+    return xasprintf("dead:out:%s", a->gw->jid);
+}
+
+static void dead_print(const struct store_entry *e)
+{
+    struct outmsg m;
+    struct error err;
+    int64_t age_s;
+
+    if (outmsg_from_json(e->payload, &m, &err) < 0) {
+        printf("%s\t-\t-\t-\t-\tmalformed entry\n", e->id);
+        return;
+    }
+    age_s = now_unix() - m.enqueued_at / 1000;
+    printf("%s\t%llds\t%s\t%s\t%u\t%s\n", e->id, (long long)age_s, m.from_jid,
+           m.to_addr, m.attempt, m.last_error ? m.last_error : "-");
+    outmsg_free_fields(&m);
+}
+
+static void dead_finish(struct admin *a)
+{
+    if (strcmp(a->dead_op, "retry") == 0)
+        printf("requeued %u dead letter(s) on %s\n", a->done_count,
+               a->gw->jid);
+    else if (strcmp(a->dead_op, "drop") == 0)
+        printf("dropped %u dead letter(s) on %s\n", a->done_count, a->gw->jid);
+    fflush(stdout);
+    finish(a, EXIT_OK);
+}
+
+static void dead_range_done(const struct error *err,
+                            const struct store_entry *e, size_t n, void *arg)
+{
+    struct admin *a = arg;
+
+    if (a->finished)
+        return;
+    if (err) {
+        fail_err(a, "dead", err);
+        return;
+    }
+    if (a->dead_id && (n == 0 || strcmp(e[0].id, a->dead_id) != 0)) {
+        fprintf(stderr, "postern-admin: dead: no dead letter %s on %s\n",
+                a->dead_id, a->gw->jid);
+        finish(a, EXIT_ERR);
+        return;
+    }
+    if (n == 0) {
+        dead_finish(a);
+        return;
+    }
+    batch_clear(a);
+    a->batch = xcalloc(n, sizeof(*a->batch));
+    for (size_t i = 0; i < n; i++) {
+        a->batch[i].id = xstrdup(e[i].id);
+        a->batch[i].payload = xstrdup(e[i].payload);
+    }
+    a->n = n;
+    free(a->cursor);
+    /* exclusive start: entries left behind (malformed) are not re-read */
+    a->cursor = xasprintf("(%s", e[n - 1].id);
+    if (strcmp(a->dead_op, "list") == 0) {
+        for (size_t i = 0; i < n; i++)
+            dead_print(&a->batch[i]);
+        a->pos = n;
+    }
+    dead_step(a);
+}
+
+static void dead_moved(const struct error *err, const char *value, void *arg)
+{
+    struct admin *a = arg;
+
+    if (a->finished)
+        return;
+    if (err) {
+        fail_err(a, "dead", err);
+        return;
+    }
+    if (value) {
+        a->done_count++;
+        printf("%s\t-> %s\n", a->batch[a->pos].id, value);
+    }
+    a->pos++;
+    dead_step(a);
+}
+
+static void dead_step(struct admin *a)
+{
+    while (a->pos < a->n) {
+        const struct store_entry *e = &a->batch[a->pos];
+        char *name = dead_name(a);
+        if (strcmp(a->dead_op, "drop") == 0) {
+            store_stream_del(a->store, name, e->id, dead_moved, a);
+            free(name);
+            return;
+        }
+        struct outmsg m;
+        struct error err;
+        if (outmsg_from_json(e->payload, &m, &err) < 0) {
+            fprintf(stderr,
+                    "postern-admin: dead retry: %s is malformed (%s); "
+                    "drop it instead\n",
+                    e->id, err.msg);
+            free(name);
+            a->pos++;
+            continue;
+        }
+        /* a fresh start: attempts and max age count from now */
+        m.attempt = 0;
+        m.enqueued_at = (int64_t)now_unix() * 1000;
+        free(m.last_error);
+        m.last_error = NULL;
+        char *json = outmsg_to_json(&m);
+        char *out = xasprintf("out:%s", a->gw->jid);
+        store_stream_move(a->store, name, e->id, out, json, dead_moved, a);
+        free(out);
+        free(json);
+        free(name);
+        outmsg_free_fields(&m);
+        return;
+    }
+    if (a->dead_id || a->n < DEAD_BATCH) {
+        dead_finish(a);
+        return;
+    }
+    dead_range(a);
+}
+
+static void dead_range(struct admin *a)
+{
+    char *name = dead_name(a);
+
+    store_stream_range(a->store, name, a->dead_id ? a->dead_id : a->cursor,
+                       a->dead_id ? 1 : DEAD_BATCH, dead_range_done, a);
+    free(name);
 }
 
 /* ---- add / remove / inject ---------------------------------------------*/
@@ -255,6 +438,9 @@ static void start(struct admin *a)
         list_next(a);
     } else if (strcmp(a->cmd, "queues") == 0) {
         queues_next(a);
+    } else if (strcmp(a->cmd, "dead") == 0) {
+        a->cursor = xstrdup("-");
+        dead_range(a);
     } else if (strcmp(a->cmd, "add") == 0) {
         store_reg_set(a->store, a->gw->jid, a->jid, a->addr, add_done, a);
     } else if (strcmp(a->cmd, "remove") == 0) {
@@ -382,6 +568,33 @@ static int parse_command(struct admin *a, int argc, char **argv)
     }
     if (strcmp(cmd, "queues") == 0)
         return argc == 1 ? 0 : EXIT_USAGE;
+    if (strcmp(cmd, "dead") == 0) {
+        if (argc < 3)
+            return EXIT_USAGE;
+        if (strcmp(argv[1], "list") == 0) {
+            if (argc != 3)
+                return EXIT_USAGE;
+        } else if (strcmp(argv[1], "retry") == 0 ||
+                   strcmp(argv[1], "drop") == 0) {
+            if (argc != 4)
+                return EXIT_USAGE;
+            if (strcmp(argv[3], "all") != 0) {
+                if (strspn(argv[3], "0123456789-") != strlen(argv[3]) ||
+                    !strchr(argv[3], '-')) {
+                    fprintf(stderr,
+                            "postern-admin: dead: %s is not an entry id "
+                            "(see dead list)\n",
+                            argv[3]);
+                    return EXIT_ERR;
+                }
+                a->dead_id = xstrdup(argv[3]);
+            }
+        } else {
+            return EXIT_USAGE;
+        }
+        a->dead_op = argv[1];
+        return need_gateway(a, argv[2]) < 0 ? EXIT_ERR : 0;
+    }
     if (strcmp(cmd, "add") == 0) {
         bool force = false;
         const char *pos[3];
@@ -582,6 +795,9 @@ int admin_run(int argc, char **argv)
     if (a.base)
         event_base_free(a.base);
     inmsg_free_fields(&a.msg);
+    batch_clear(&a);
+    free(a.dead_id);
+    free(a.cursor);
     if (a.cfg)
         config_free(a.cfg);
     return rc;

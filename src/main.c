@@ -28,6 +28,7 @@
 #include "config.h"
 #include "http_server.h"
 #include "log.h"
+#include "metrics.h"
 #include "queue.h"
 #include "router.h"
 #include "store.h"
@@ -111,6 +112,38 @@ static void gw_on_state(void *arg, bool up)
         queue_kick(g_app->queue);
 }
 
+/* transport_host.delivery: a provider status -> that gateway's router. */
+static void on_delivery(void *arg, struct transport *t, const char *provider_id,
+                        enum delivery_state state, const struct error *err)
+{
+    struct app *app = arg;
+
+    for (size_t i = 0; i < app->ngws; i++)
+        if (app->gws[i].t == t && app->gws[i].r)
+            router_on_delivery(app->gws[i].r, provider_id, state, err);
+}
+
+/*
+ * A send counts as abandoned (its process died) only after twice the
+ * longest single request it may make plus a margin; a live process
+ * refreshes the idle time of its own sends long before that.
+ */
+static void outbound_conf(const struct config *cfg,
+                          const struct gateway_conf *gc,
+                          struct outbound_conf *oc)
+{
+    double timeout_s = gc->kind == TRANSPORT_SMS ? gc->provider.timeout
+                                                 : (double)gc->smtp.timeout;
+
+    if (timeout_s <= 0)
+        timeout_s = 15;
+    memset(oc, 0, sizeof(*oc));
+    oc->max_age_s = cfg->queue.max_age;
+    oc->retry_base_ms = cfg->queue.retry_base_ms;
+    oc->retry_cap_ms = cfg->queue.retry_cap_ms;
+    oc->claim_idle_ms = (unsigned)(2 * timeout_s * 1000) + 5000;
+}
+
 /* ---- /healthz ---- */
 
 struct health_req {
@@ -153,17 +186,13 @@ static void on_metrics(struct http_request *req, void *arg)
     struct app *app = arg;
     struct strbuf b;
 
-    sb_init(&b);
-    sb_puts(&b, "# HELP postern_redis_up Whether Redis is connected.\n"
-                "# TYPE postern_redis_up gauge\n");
-    sb_printf(&b, "postern_redis_up %d\n", store_connected(app->store));
-    sb_puts(&b, "# HELP postern_gateway_up Whether the gateway's XMPP "
-                "stream is up.\n"
-                "# TYPE postern_gateway_up gauge\n");
+    /* the up gauges are sampled now; the rest is counted as it happens */
+    metrics_redis_up(store_connected(app->store));
     for (size_t i = 0; i < app->ngws; i++)
-        sb_printf(&b, "postern_gateway_up{gateway=\"%s\"} %d\n",
-                  app->gws[i].t->conf->jid,
-                  app->gws[i].c && component_up(app->gws[i].c));
+        metrics_gateway_up(app->gws[i].t->conf->jid,
+                           app->gws[i].c && component_up(app->gws[i].c));
+    sb_init(&b);
+    metrics_render(&b);
     http_reply(req, 200, "text/plain; version=0.0.4", b.s, b.len);
     sb_free(&b);
 }
@@ -172,7 +201,7 @@ static void on_metrics(struct http_request *req, void *arg)
 
 static size_t inflight(const struct app *app)
 {
-    size_t n = 0;
+    size_t n = app->queue ? queue_inflight(app->queue) : 0;
     for (size_t i = 0; i < app->ngws; i++) {
         n += router_inflight(app->gws[i].r);
         if (app->gws[i].t->ops->inflight)
@@ -346,6 +375,8 @@ static int app_start(struct app *app, struct error *err)
     app->host.queue = app->queue;
     app->host.http = app->http;
     app->host.config = cfg;
+    app->host.delivery = on_delivery;
+    app->host.delivery_arg = app;
 
     app->gws = xcalloc(cfg->n_gateways, sizeof(*app->gws));
     for (size_t i = 0; i < cfg->n_gateways; i++) {
@@ -380,6 +411,12 @@ static int app_start(struct app *app, struct error *err)
         struct gw *g = &app->gws[i];
         queue_inbound_register(app->queue, g->t->conf->jid, router_deliver,
                                router_ready, g->r);
+        if (g->t->ops->send) {
+            struct outbound_conf oc;
+            outbound_conf(cfg, g->t->conf, &oc);
+            queue_outbound_register(app->queue, g->t->conf->jid, &oc,
+                                    router_send, g->r);
+        }
         component_start(g->c);
     }
 

@@ -58,9 +58,10 @@ struct metric {
 static struct metric *g_metrics;
 static struct metric **g_tail = &g_metrics;
 
-static const double default_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025,
-                                        0.05,  0.1,    0.25,  0.5,  1,
-                                        2.5,   5,      10};
+static const double default_bounds[] = {
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+
+static void postern_forget(void);
 
 /* ---- registration ---- */
 
@@ -156,8 +157,7 @@ static struct series *series_new(struct metric *m, const char *const *values)
 }
 
 static struct metric *metric_register(enum mtype type, const char *name,
-                                      const char *help,
-                                      const char *label_names,
+                                      const char *help, const char *label_names,
                                       const double *bounds, size_t n)
 {
     struct metric *m = find_metric(name);
@@ -213,8 +213,8 @@ struct metric *metrics_gauge(const char *name, const char *help,
 }
 
 struct metric *metrics_histogram(const char *name, const char *help,
-                                 const char *label_names,
-                                 const double *bounds, size_t n)
+                                 const char *label_names, const double *bounds,
+                                 size_t n)
 {
     return metric_register(M_HISTOGRAM, name, help, label_names, bounds, n);
 }
@@ -365,8 +365,6 @@ void metrics_free_all(void)
     postern_forget();
 }
 
-static void postern_forget(void);
-
 /* ---- rendering ---- */
 
 /* Go's float syntax: shortest of %.15g / %.17g that reads back exactly. */
@@ -505,8 +503,8 @@ static void postern_forget(void)
     memset(&pm, 0, sizeof(pm));
 }
 
-static const char *const error_classes[] = {"temporary", "permanent",
-                                            "timeout", "auth"};
+static const char *const error_classes[] = {"temporary", "permanent", "timeout",
+                                            "auth"};
 
 void metrics_postern_init(void)
 {
@@ -522,9 +520,9 @@ void metrics_postern_init(void)
         "Failed provider requests by class (temporary, permanent, timeout, "
         "auth).",
         "gateway,class");
-    pm.retries = metrics_counter("postern_retries_total",
-                                 "Outbound sends scheduled for a retry.",
-                                 "gateway");
+    pm.retries =
+        metrics_counter("postern_retries_total",
+                        "Outbound sends scheduled for a retry.", "gateway");
     pm.dead_letters = metrics_counter(
         "postern_dead_letters_total",
         "Outbound messages moved to the dead-letter stream.", "gateway");

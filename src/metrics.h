@@ -68,17 +68,17 @@ struct metric *metrics_gauge(const char *name, const char *help,
  * 0.05 0.1 0.25 0.5 1 2.5 5 10. The "+Inf" bucket is implicit.
  */
 struct metric *metrics_histogram(const char *name, const char *help,
-                                 const char *label_names,
-                                 const double *bounds, size_t n);
+                                 const char *label_names, const double *bounds,
+                                 size_t n);
 
 /*
  * The variadic arguments are the label values (const char *, not NULL),
  * exactly as many as the metric has label names, in the same order.
  * A series is created on first use.
  */
-void metrics_inc(struct metric *m, ...);              /* counter += 1 */
-void metrics_add(struct metric *m, double v, ...);    /* counter += v >= 0 */
-void metrics_set(struct metric *m, double v, ...);    /* gauge = v */
+void metrics_inc(struct metric *m, ...);               /* counter += 1 */
+void metrics_add(struct metric *m, double v, ...);     /* counter += v >= 0 */
+void metrics_set(struct metric *m, double v, ...);     /* gauge = v */
 void metrics_observe(struct metric *m, double v, ...); /* histogram */
 /* Forgets every series of m (e.g. a gauge whose label set changed). */
 void metrics_clear(struct metric *m);

@@ -19,14 +19,17 @@
  */
 #include "queue.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <event2/event.h>
 #include <jansson.h>
 
 #include "log.h"
+#include "metrics.h"
 
 #define MOD "queue"
 #define GROUP "postern"
@@ -54,6 +57,10 @@ void inmsg_free_fields(struct inmsg *m)
     for (size_t i = 0; i < m->n_media && i < INMSG_MAX_MEDIA; i++)
         free(m->media[i]);
     free(m->extra);
+    free(m->jid);
+    free(m->contact);
+    free(m->ref_id);
+    free(m->text);
     memset(m, 0, sizeof(*m));
 }
 
@@ -148,6 +155,18 @@ char *inmsg_to_json(const struct inmsg *m)
             json_array_append_new(a, jstr(m->media[i]));
         json_object_set_new(o, "media", a);
     }
+    if (m->kind != INMSG_MESSAGE) {
+        json_object_set_new(
+            o, "k", json_string(m->kind == INMSG_RECEIPT ? "receipt" : "error"));
+        set_opt(o, "jid", m->jid);
+        set_opt(o, "contact", m->contact);
+        set_opt(o, "ref", m->ref_id);
+        set_opt(o, "text", m->text);
+        if (m->kind == INMSG_ERROR) {
+            json_object_set_new(o, "cond", json_integer(m->cond));
+            json_object_set_new(o, "temp", json_boolean(m->temporary));
+        }
+    }
     out = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     if (!out)
@@ -167,10 +186,34 @@ static int get_opt(json_t *o, const char *key, char **out)
     return 1;
 }
 
+/* The members of a notice; NULL when valid, else what is wrong. */
+static const char *notice_from_json(json_t *o, struct inmsg *out)
+{
+    json_t *c;
+
+    if (get_opt(o, "jid", &out->jid) <= 0 || !*out->jid)
+        return "\"jid\" missing or not a non-empty string";
+    if (get_opt(o, "contact", &out->contact) <= 0 || !*out->contact)
+        return "\"contact\" missing or not a non-empty string";
+    if (get_opt(o, "ref", &out->ref_id) < 0 ||
+        get_opt(o, "text", &out->text) < 0 ||
+        get_opt(o, "body", &out->body) < 0)
+        return "a text member is not a string";
+    if (out->kind != INMSG_ERROR)
+        return NULL;
+    c = json_object_get(o, "cond");
+    if (!json_is_integer(c) || json_integer_value(c) <= COND_NONE ||
+        json_integer_value(c) > COND_UNDEFINED_CONDITION)
+        return "\"cond\" is not a known condition";
+    out->cond = (int)json_integer_value(c);
+    out->temporary = json_is_true(json_object_get(o, "temp"));
+    return NULL;
+}
+
 int inmsg_from_json(const char *json, struct inmsg *out, struct error *err)
 {
     json_error_t je;
-    json_t *o = NULL, *media;
+    json_t *o = NULL, *media, *kind;
     const char *bad = NULL;
 
     memset(out, 0, sizeof(*out));
@@ -186,6 +229,25 @@ int inmsg_from_json(const char *json, struct inmsg *out, struct error *err)
     if (!json_is_object(o)) {
         bad = "not a JSON object";
         goto fail;
+    }
+    kind = json_object_get(o, "k");
+    if (kind && !json_is_null(kind)) {
+        const char *k = json_is_string(kind) ? json_string_value(kind) : "";
+        if (strcmp(k, "receipt") == 0)
+            out->kind = INMSG_RECEIPT;
+        else if (strcmp(k, "error") == 0)
+            out->kind = INMSG_ERROR;
+        else if (strcmp(k, "msg") != 0) {
+            bad = "\"k\" is not msg, receipt or error";
+            goto fail;
+        }
+    }
+    if (out->kind != INMSG_MESSAGE) {
+        bad = notice_from_json(o, out);
+        if (bad)
+            goto fail;
+        json_decref(o);
+        return 0;
     }
     if (get_opt(o, "to", &out->to_addr) <= 0 || !*out->to_addr) {
         bad = "\"to\" missing or not a non-empty string";
@@ -260,11 +322,17 @@ struct qgw {
     size_t n_acks;
 };
 
+struct qout;
+struct opush;
+
 struct queue {
     struct event_base *base;
     struct store *store;
     char *consumer;
     struct qgw *gws;
+    struct qout *outs;
+    struct opush *pushes; /* outbound pushes not yet answered */
+    size_t n_push;
     struct event *poll_ev;
     struct event *kick_ev;
     bool stopped;
@@ -273,9 +341,13 @@ struct queue {
 };
 
 static void poll_all(struct queue *q);
+static void outs_destroy(struct queue *q);
+static void pushes_abort(struct queue *q);
+static void outs_abort(struct queue *q);
 
 static void queue_destroy(struct queue *q)
 {
+    outs_destroy(q);
     while (q->gws) {
         struct qgw *g = q->gws;
         q->gws = g->next;
@@ -346,14 +418,22 @@ void queue_free(struct queue *q)
     q->freed = true;
     event_del(q->poll_ev);
     event_del(q->kick_ev);
+    /* each holds the queue: the last one may free it */
+    q->ops++;
+    pushes_abort(q);
+    outs_abort(q);
+    q->ops--;
     if (q->ops == 0)
         queue_destroy(q);
 }
 
+/*
+ * The poll timer keeps running: acknowledgements that failed are retried
+ * and sends in flight keep their entries (idle refresh).
+ */
 void queue_stop(struct queue *q)
 {
     q->stopped = true;
-    event_del(q->poll_ev);
     event_del(q->kick_ev);
 }
 
@@ -620,6 +700,8 @@ static void read_done(const struct error *err,
 
 static void poll_gw(struct queue *q, struct qgw *g)
 {
+    if (q->stopped)
+        return;
     if (g->reading || g->delivering || g->n || !g->fn)
         return;
     if (g->ready && !g->ready(g->arg))
@@ -653,10 +735,844 @@ static void poll_gw(struct queue *q, struct qgw *g)
     }
 }
 
+static void poll_outs(struct queue *q);
+
 static void poll_all(struct queue *q)
 {
-    if (q->stopped || !store_connected(q->store))
+    if (q->freed || !store_connected(q->store))
         return;
     for (struct qgw *g = q->gws; g; g = g->next)
         poll_gw(q, g);
+    poll_outs(q);
+}
+
+/* ---- outbound codec ----------------------------------------------------*/
+
+void outmsg_free_fields(struct outmsg *m)
+{
+    if (!m)
+        return;
+    free(m->uid);
+    free(m->from_jid);
+    free(m->id);
+    free(m->to_jid);
+    free(m->from_addr);
+    free(m->to_addr);
+    free(m->body);
+    free(m->subject);
+    free(m->thread);
+    for (size_t i = 0; i < m->n_media && i < OUTMSG_MAX_MEDIA; i++)
+        free(m->media[i]);
+    free(m->last_error);
+    memset(m, 0, sizeof(*m));
+}
+
+char *outmsg_to_json(const struct outmsg *m)
+{
+    json_t *o = json_object();
+    char *out;
+
+    if (!o)
+        fatal("out of memory (json)");
+    json_object_set_new(o, "v", json_integer(1));
+    json_object_set_new(o, "uid", jstr(m->uid ? m->uid : ""));
+    json_object_set_new(o, "jid", jstr(m->from_jid ? m->from_jid : ""));
+    json_object_set_new(o, "contact", jstr(m->to_jid ? m->to_jid : ""));
+    json_object_set_new(o, "from", jstr(m->from_addr ? m->from_addr : ""));
+    json_object_set_new(o, "to", jstr(m->to_addr ? m->to_addr : ""));
+    set_opt(o, "id", m->id);
+    set_opt(o, "body", m->body);
+    set_opt(o, "subject", m->subject);
+    set_opt(o, "thread", m->thread);
+    set_opt(o, "last_error", m->last_error);
+    if (m->n_media) {
+        json_t *a = json_array();
+        for (size_t i = 0; i < m->n_media && i < OUTMSG_MAX_MEDIA; i++)
+            json_array_append_new(a, jstr(m->media[i]));
+        json_object_set_new(o, "media", a);
+    }
+    if (m->receipt)
+        json_object_set_new(o, "receipt", json_true());
+    json_object_set_new(o, "at", json_integer(m->enqueued_at));
+    json_object_set_new(o, "attempt", json_integer(m->attempt));
+    out = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (!out)
+        fatal("out of memory (json)");
+    return out;
+}
+
+/* A required non-empty string member. */
+static int get_req(json_t *o, const char *key, char **out)
+{
+    if (get_opt(o, key, out) <= 0)
+        return -1;
+    return **out ? 0 : -1;
+}
+
+int outmsg_from_json(const char *json, struct outmsg *out, struct error *err)
+{
+    json_error_t je;
+    json_t *o = NULL, *v;
+    const char *bad = NULL;
+
+    memset(out, 0, sizeof(*out));
+    if (!json || strlen(json) > PAYLOAD_MAX) {
+        bad = "missing or oversized payload";
+        goto fail;
+    }
+    o = json_loads(json, JSON_REJECT_DUPLICATES, &je);
+    if (!o || !json_is_object(o)) {
+        bad = "not a JSON object";
+        goto fail;
+    }
+    if (get_req(o, "uid", &out->uid) < 0 ||
+        get_req(o, "jid", &out->from_jid) < 0 ||
+        get_req(o, "contact", &out->to_jid) < 0 ||
+        get_req(o, "from", &out->from_addr) < 0 ||
+        get_req(o, "to", &out->to_addr) < 0) {
+        bad = "uid, jid, contact, from or to missing";
+        goto fail;
+    }
+    if (get_opt(o, "id", &out->id) < 0 || get_opt(o, "body", &out->body) < 0 ||
+        get_opt(o, "subject", &out->subject) < 0 ||
+        get_opt(o, "thread", &out->thread) < 0 ||
+        get_opt(o, "last_error", &out->last_error) < 0) {
+        bad = "a text member is not a string";
+        goto fail;
+    }
+    v = json_object_get(o, "media");
+    if (v && !json_is_null(v)) {
+        if (!json_is_array(v) || json_array_size(v) > OUTMSG_MAX_MEDIA) {
+            bad = "\"media\" is not an array of at most 10 URLs";
+            goto fail;
+        }
+        for (size_t i = 0; i < json_array_size(v); i++) {
+            json_t *u = json_array_get(v, i);
+            if (!json_is_string(u) || json_string_length(u) == 0) {
+                bad = "\"media\" holds something other than a URL string";
+                goto fail;
+            }
+            out->media[out->n_media++] =
+                xstrndup(json_string_value(u), json_string_length(u));
+        }
+    }
+    if (!out->body && !out->n_media) {
+        bad = "no body and no media";
+        goto fail;
+    }
+    out->receipt = json_is_true(json_object_get(o, "receipt"));
+    v = json_object_get(o, "at");
+    if (!json_is_integer(v) || json_integer_value(v) < 0) {
+        bad = "\"at\" is not a time";
+        goto fail;
+    }
+    out->enqueued_at = json_integer_value(v);
+    v = json_object_get(o, "attempt");
+    if (v && (!json_is_integer(v) || json_integer_value(v) < 0 ||
+              json_integer_value(v) > 1000000)) {
+        bad = "\"attempt\" is not a count";
+        goto fail;
+    }
+    out->attempt = v ? (unsigned)json_integer_value(v) : 0;
+    json_decref(o);
+    return 0;
+fail:
+    json_decref(o);
+    outmsg_free_fields(out);
+    error_set(err, COND_BAD_REQUEST, false, "malformed outbound message: %s",
+              bad);
+    return -1;
+}
+
+void outref_free_fields(struct outref *r)
+{
+    if (!r)
+        return;
+    free(r->jid);
+    free(r->id);
+    free(r->contact);
+    memset(r, 0, sizeof(*r));
+}
+
+char *outref_to_json(const struct outref *r)
+{
+    json_t *o = json_object();
+    char *out;
+
+    if (!o)
+        fatal("out of memory (json)");
+    json_object_set_new(o, "jid", jstr(r->jid ? r->jid : ""));
+    json_object_set_new(o, "contact", jstr(r->contact ? r->contact : ""));
+    set_opt(o, "id", r->id);
+    json_object_set_new(o, "receipt", json_boolean(r->receipt));
+    out = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (!out)
+        fatal("out of memory (json)");
+    return out;
+}
+
+int outref_from_json(const char *json, struct outref *out, struct error *err)
+{
+    json_error_t je;
+    json_t *o;
+
+    memset(out, 0, sizeof(*out));
+    o = json ? json_loads(json, JSON_REJECT_DUPLICATES, &je) : NULL;
+    if (!o || !json_is_object(o) || get_req(o, "jid", &out->jid) < 0 ||
+        get_req(o, "contact", &out->contact) < 0 ||
+        get_opt(o, "id", &out->id) < 0) {
+        json_decref(o);
+        outref_free_fields(out);
+        error_set(err, COND_BAD_REQUEST, false, "malformed receipt mapping");
+        return -1;
+    }
+    out->receipt = json_is_true(json_object_get(o, "receipt"));
+    json_decref(o);
+    return 0;
+}
+
+/* ---- outbound queue ----------------------------------------------------*/
+
+#define OUT_CONCURRENCY 32
+#define OUT_MAX_AGE_S 86400
+#define OUT_RETRY_BASE_MS 1000
+#define OUT_RETRY_CAP_MS 300000
+#define OUT_CLAIM_IDLE_MS 35000
+#define MOVE_MS 500
+#define MOVE_BATCH 100
+#define RECEIPT_TTL_S (7 * 24 * 3600)
+#define PUSH_WINDOW_MS 30000
+#define PUSH_BASE_MS 200
+#define PUSH_CAP_MS 5000
+#define UID_TTL_S 3600
+#define FINISH_BASE_MS 200
+#define FINISH_CAP_MS 5000
+
+enum ojob_state {
+    OJ_SENDING,     /* the send fn has not called done yet */
+    OJ_FINISHING,   /* the finish script is in flight */
+    OJ_FINISH_WAIT, /* the finish script failed: retried from the poll */
+};
+
+struct ojob;
+
+struct qout {
+    struct queue *q;
+    struct qout *next;
+    char *gw;
+    char *stream; /* "out:<gw>" */
+    char *dead;   /* "dead:out:<gw>" */
+    char *in;     /* "in:<gw>": notices for senders */
+    struct outbound_conf c;
+    outbound_send_fn *fn;
+    void *arg;
+    bool reading, moving, touching;
+    uint64_t next_move, next_touch;
+    struct ojob *jobs; /* entries this process holds, by state */
+    size_t n_jobs;
+};
+
+struct ojob {
+    struct qout *o;
+    struct ojob *prev, *next;
+    char *id;
+    struct outmsg m;
+    bool have_msg;
+    enum ojob_state state;
+    bool send_done; /* the send fn called done */
+    /* the finish, kept as it is retried */
+    struct store_finish f;
+    char *rcpt_value, *rcpt_pid, *retry_payload, *dead_payload, *notice;
+    unsigned finish_attempt;
+    uint64_t finish_at;
+};
+
+struct opush {
+    struct queue *q;
+    struct opush *prev, *next;
+    char *gw, *stream, *uid, *json;
+    store_done_fn *fn;
+    void *arg;
+    uint64_t deadline;
+    unsigned attempt;
+    struct event *timer;
+};
+
+/* Wall-clock milliseconds: shared with other processes through Redis. */
+static uint64_t wall_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void conf_defaults(struct outbound_conf *c)
+{
+    if (!c->concurrency)
+        c->concurrency = OUT_CONCURRENCY;
+    if (!c->max_age_s)
+        c->max_age_s = OUT_MAX_AGE_S;
+    if (!c->retry_base_ms)
+        c->retry_base_ms = OUT_RETRY_BASE_MS;
+    if (!c->retry_cap_ms)
+        c->retry_cap_ms = OUT_RETRY_CAP_MS;
+    if (c->retry_cap_ms < c->retry_base_ms)
+        c->retry_cap_ms = c->retry_base_ms;
+    if (!c->claim_idle_ms)
+        c->claim_idle_ms = OUT_CLAIM_IDLE_MS;
+}
+
+static struct qout *find_out(struct queue *q, const char *gw)
+{
+    for (struct qout *o = q->outs; o; o = o->next)
+        if (str_ieq(o->gw, gw))
+            return o;
+    return NULL;
+}
+
+void queue_outbound_register(struct queue *q, const char *gw,
+                             const struct outbound_conf *c,
+                             outbound_send_fn *fn, void *arg)
+{
+    struct qout *o = find_out(q, gw);
+
+    if (!o) {
+        o = xcalloc(1, sizeof(*o));
+        o->q = q;
+        o->gw = xstrdup(gw);
+        o->stream = xasprintf("out:%s", gw);
+        o->dead = xasprintf("dead:out:%s", gw);
+        o->in = xasprintf("in:%s", gw);
+        o->next = q->outs;
+        q->outs = o;
+    }
+    if (c)
+        o->c = *c;
+    conf_defaults(&o->c);
+    o->fn = fn;
+    o->arg = arg;
+    queue_kick(q);
+}
+
+size_t queue_inflight(const struct queue *q)
+{
+    size_t n = q->n_push;
+
+    for (const struct qout *o = q->outs; o; o = o->next)
+        n += o->n_jobs;
+    return n;
+}
+
+/* ---- jobs ----*/
+
+static void job_free(struct ojob *j)
+{
+    struct qout *o = j->o;
+    struct queue *q = o->q;
+
+    if (j->prev)
+        j->prev->next = j->next;
+    else
+        o->jobs = j->next;
+    if (j->next)
+        j->next->prev = j->prev;
+    o->n_jobs--;
+    free(j->id);
+    outmsg_free_fields(&j->m);
+    free(j->rcpt_value);
+    free(j->rcpt_pid);
+    free(j->retry_payload);
+    free(j->dead_payload);
+    free(j->notice);
+    free(j);
+    q_release(q);
+}
+
+static struct ojob *job_find(const struct qout *o, const char *id)
+{
+    for (struct ojob *j = o->jobs; j; j = j->next)
+        if (strcmp(j->id, id) == 0)
+            return j;
+    return NULL;
+}
+
+static void finish_done(const struct error *err, const char *value, void *arg)
+{
+    struct ojob *j = arg;
+    struct qout *o = j->o;
+    struct queue *q = o->q;
+
+    if (q->freed) {
+        job_free(j);
+        return;
+    }
+    if (err) {
+        uint64_t d = backoff_ms(j->finish_attempt, FINISH_BASE_MS,
+                                FINISH_CAP_MS);
+        if (j->finish_attempt < 20)
+            j->finish_attempt++;
+        /* kept (and its idle time refreshed): re-reading it would send
+         * it a second time */
+        log_warn(MOD, "out[%s]: cannot acknowledge %s (%s); retrying in %u ms",
+                 o->gw, j->id, err->msg, (unsigned)d);
+        j->state = OJ_FINISH_WAIT;
+        j->finish_at = now_ms() + d;
+        return;
+    }
+    if (value && strcmp(value, "0") == 0)
+        log_notice(MOD,
+                   "out[%s]: %s was taken over by another process; its "
+                   "outcome is theirs",
+                   o->gw, j->id);
+    job_free(j);
+    queue_kick(q);
+}
+
+static void run_finish(struct ojob *j)
+{
+    struct qout *o = j->o;
+    struct queue *q = o->q;
+
+    j->state = OJ_FINISHING;
+    j->f.receipt_id = j->rcpt_pid;
+    j->f.receipt_value = j->rcpt_value;
+    j->f.retry_payload = j->retry_payload;
+    j->f.dead_payload = j->dead_payload;
+    j->f.notice_payload = j->notice;
+    store_stream_finish(q->store, o->stream, GROUP, q->consumer, j->id, &j->f,
+                        finish_done, j);
+}
+
+/* An error notice for the sender of j->m, as JSON (owned). */
+static char *error_notice(const struct outmsg *m, int cond, bool temporary,
+                          const char *text)
+{
+    struct inmsg n;
+    char *json;
+
+    memset(&n, 0, sizeof(n));
+    n.kind = INMSG_ERROR;
+    n.jid = m->from_jid;
+    n.contact = m->to_jid;
+    n.ref_id = m->id;
+    n.cond = cond;
+    n.temporary = temporary;
+    n.text = (char *)(uintptr_t)text;
+    n.body = m->body;
+    /* borrowed fields: never freed through n */
+    json = inmsg_to_json(&n);
+    return json;
+}
+
+static char *with_error(const struct outmsg *m, unsigned attempt,
+                        const char *why)
+{
+    struct outmsg c = *m;
+
+    c.attempt = attempt;
+    c.last_error = (char *)(uintptr_t)why;
+    return outmsg_to_json(&c);
+}
+
+/* Out of time: dead letter + remote-server-timeout to the sender. */
+static void job_expire(struct ojob *j, const char *why)
+{
+    struct qout *o = j->o;
+    char text[160];
+    unsigned hours = (o->c.max_age_s + 3599) / 3600;
+
+    log_notice(MOD, "out[%s]: %s not sent within %u s; dead letter (%s)",
+               o->gw, j->id, o->c.max_age_s, why);
+    snprintf(text, sizeof(text),
+             "Not sent: the provider could not be reached for %u hour%s "
+             "(%.80s)",
+             hours, hours == 1 ? "" : "s", why);
+    j->f.check_owner = true;
+    j->f.dead_name = o->dead;
+    j->dead_payload = with_error(&j->m, j->m.attempt, why);
+    j->f.notice_name = o->in;
+    j->notice = error_notice(&j->m, COND_REMOTE_SERVER_TIMEOUT, true, text);
+    metrics_dead_letter(o->gw);
+    run_finish(j);
+}
+
+static void out_send_done(void *arg, const struct error *err,
+                          const char *provider_id, unsigned retry_after_ms)
+{
+    struct ojob *j = arg;
+    struct qout *o = j->o;
+    struct queue *q = o->q;
+    uint64_t now = wall_ms();
+    uint64_t deadline;
+
+    if (j->send_done) {
+        log_err(MOD, "out[%s]: send of %s completed twice (ignored)", o->gw,
+                j->id);
+        return;
+    }
+    j->send_done = true;
+    if (q->freed) {
+        /* nothing may touch the store now: the entry stays pending and
+         * is reclaimed at the next start */
+        job_free(j);
+        return;
+    }
+    deadline = (uint64_t)j->m.enqueued_at + (uint64_t)o->c.max_age_s * 1000u;
+    if (!err) {
+        if (provider_id && *provider_id) {
+            struct outref r = {j->m.from_jid, j->m.id, j->m.to_jid,
+                               j->m.receipt};
+            j->rcpt_pid = xstrdup(provider_id);
+            j->rcpt_value = outref_to_json(&r);
+            j->f.receipt_gw = o->gw;
+            j->f.receipt_ttl_s = RECEIPT_TTL_S;
+        }
+        if (now >= (uint64_t)j->m.enqueued_at)
+            metrics_latency(o->gw,
+                            (double)(now - (uint64_t)j->m.enqueued_at) / 1e3);
+        log_info(MOD, "out[%s]: %s sent (attempt %u)", o->gw, j->id,
+                 j->m.attempt + 1);
+        run_finish(j);
+        return;
+    }
+    if (err->temporary) {
+        metrics_provider_error(o->gw, "temporary");
+        if (now >= deadline) {
+            job_expire(j, err->msg);
+            return;
+        }
+        uint64_t d = backoff_ms(j->m.attempt < 30 ? j->m.attempt : 30,
+                                o->c.retry_base_ms, o->c.retry_cap_ms);
+        /* the provider's Retry-After, within our own cap */
+        uint64_t ra = retry_after_ms;
+        if ((uint64_t)err->retry_after_s * 1000u > ra)
+            ra = (uint64_t)err->retry_after_s * 1000u;
+        if (ra > o->c.retry_cap_ms)
+            ra = o->c.retry_cap_ms;
+        if (ra > d)
+            d = ra;
+        uint64_t due = now + d < deadline ? now + d : deadline;
+        j->f.check_owner = true;
+        j->retry_payload = with_error(&j->m, j->m.attempt + 1, err->msg);
+        j->f.retry_due_ms = due;
+        metrics_retry(o->gw);
+        log_info(MOD, "out[%s]: %s failed (%s); retry %u in %llu ms", o->gw,
+                 j->id, err->msg, j->m.attempt + 1,
+                 (unsigned long long)(due - now));
+        run_finish(j);
+        return;
+    }
+    metrics_provider_error(o->gw, "permanent");
+    log_info(MOD, "out[%s]: %s refused: %s", o->gw, j->id, err->msg);
+    j->f.check_owner = true;
+    j->f.notice_name = o->in;
+    j->notice = error_notice(&j->m,
+                             err->code != COND_NONE ? err->code
+                                                    : COND_NOT_ACCEPTABLE,
+                             false, err->msg[0] ? err->msg : "Not sent");
+    run_finish(j);
+}
+
+static void job_start(struct qout *o, const struct store_entry *e)
+{
+    struct queue *q = o->q;
+    struct ojob *j = xcalloc(1, sizeof(*j));
+    struct error err;
+
+    j->o = o;
+    j->id = xstrdup(e->id);
+    j->next = o->jobs;
+    if (o->jobs)
+        o->jobs->prev = j;
+    o->jobs = j;
+    o->n_jobs++;
+    q_hold(q);
+    if (outmsg_from_json(e->payload, &j->m, &err) < 0) {
+        /* kept as it was for the operator: never silently dropped */
+        log_warn(MOD, "out[%s]: entry %s: %s; dead letter", o->gw, e->id,
+                 err.msg);
+        j->f.check_owner = true;
+        j->f.dead_name = o->dead;
+        j->dead_payload = xstrdup(e->payload);
+        metrics_dead_letter(o->gw);
+        run_finish(j);
+        return;
+    }
+    j->have_msg = true;
+    if (wall_ms() >= (uint64_t)j->m.enqueued_at +
+                         (uint64_t)o->c.max_age_s * 1000u) {
+        job_expire(j, j->m.last_error ? j->m.last_error
+                                      : "waited too long in the queue");
+        return;
+    }
+    if (e->deliveries > 1)
+        log_notice(MOD,
+                   "out[%s]: %s reclaimed from a stalled or dead process "
+                   "(delivery %u); sending it",
+                   o->gw, e->id, e->deliveries);
+    j->state = OJ_SENDING;
+    o->fn(o->arg, &j->m, out_send_done, j);
+}
+
+static void out_read_done(const struct error *err,
+                          const struct store_entry *entries, size_t n,
+                          void *arg)
+{
+    struct qout *o = arg;
+    struct queue *q = o->q;
+
+    o->reading = false;
+    if (err && !q->freed)
+        log_warn(MOD, "out[%s]: cannot read the queue: %s", o->gw, err->msg);
+    for (size_t i = 0; !err && !q->freed && i < n; i++) {
+        /* our own send still in flight, reclaimed by XAUTOCLAIM */
+        if (job_find(o, entries[i].id))
+            continue;
+        job_start(o, &entries[i]);
+    }
+    if (!err && n > 0 && !q->freed)
+        queue_kick(q);
+    q_release(q);
+}
+
+static void move_done(const struct error *err, const char *value, void *arg)
+{
+    struct qout *o = arg;
+    struct queue *q = o->q;
+    long moved = value ? atol(value) : 0;
+
+    o->moving = false;
+    if (err && !q->freed)
+        log_warn(MOD, "out[%s]: cannot move due retries: %s", o->gw,
+                 err->msg);
+    if (!err && moved > 0 && !q->freed) {
+        log_debug(MOD, "out[%s]: %ld retries due", o->gw, moved);
+        if (moved >= MOVE_BATCH)
+            o->next_move = 0;
+        queue_kick(q);
+    }
+    q_release(q);
+}
+
+static void touch_done(const struct error *err, void *arg)
+{
+    struct qout *o = arg;
+    struct queue *q = o->q;
+
+    o->touching = false;
+    if (err && !q->freed) {
+        log_warn(MOD, "out[%s]: cannot refresh sends in flight: %s", o->gw,
+                 err->msg);
+        o->next_touch = now_ms() + 1000;
+    }
+    q_release(q);
+}
+
+static void poll_out(struct queue *q, struct qout *o)
+{
+    uint64_t now = now_ms();
+
+    for (struct ojob *j = o->jobs; j; j = j->next)
+        if (j->state == OJ_FINISH_WAIT && j->finish_at <= now)
+            run_finish(j);
+    if (o->jobs && !o->touching && now >= o->next_touch) {
+        struct strbuf b;
+        sb_init(&b);
+        for (struct ojob *j = o->jobs; j; j = j->next)
+            sb_printf(&b, "%s%s", b.len ? "," : "", j->id);
+        o->touching = true;
+        o->next_touch = now + o->c.claim_idle_ms / 4;
+        q_hold(q);
+        store_stream_touch(q->store, o->stream, GROUP, q->consumer, b.s,
+                           touch_done, o);
+        sb_free(&b);
+    }
+    if (q->stopped || !o->fn)
+        return;
+    if (!o->moving && now >= o->next_move) {
+        o->moving = true;
+        o->next_move = now + MOVE_MS;
+        q_hold(q);
+        store_retry_move(q->store, o->stream, wall_ms(), MOVE_BATCH, move_done,
+                         o);
+    }
+    if (!o->reading && o->n_jobs < o->c.concurrency) {
+        o->reading = true;
+        q_hold(q);
+        store_stream_read(q->store, o->stream, GROUP, q->consumer,
+                          (unsigned)(o->c.concurrency - o->n_jobs),
+                          o->c.claim_idle_ms, out_read_done, o);
+    }
+}
+
+static void poll_outs(struct queue *q)
+{
+    for (struct qout *o = q->outs; o; o = o->next)
+        poll_out(q, o);
+}
+
+/* queue_free: waiting acknowledgements can no longer be retried. */
+static void outs_abort(struct queue *q)
+{
+    for (struct qout *o = q->outs; o; o = o->next) {
+        struct ojob *j = o->jobs;
+        while (j) {
+            struct ojob *next = j->next;
+            if (j->state == OJ_FINISH_WAIT) {
+                log_warn(MOD,
+                         "out[%s]: %s stays pending (unacknowledged at exit)",
+                         o->gw, j->id);
+                job_free(j);
+            }
+            j = next;
+        }
+    }
+}
+
+static void outs_destroy(struct queue *q)
+{
+    while (q->outs) {
+        struct qout *o = q->outs;
+        q->outs = o->next;
+        /* only jobs whose send never completed can be left */
+        while (o->jobs) {
+            struct ojob *j = o->jobs;
+            o->jobs = j->next;
+            free(j->id);
+            outmsg_free_fields(&j->m);
+            free(j->rcpt_value);
+            free(j->rcpt_pid);
+            free(j->retry_payload);
+            free(j->dead_payload);
+            free(j->notice);
+            free(j);
+        }
+        free(o->gw);
+        free(o->stream);
+        free(o->dead);
+        free(o->in);
+        free(o);
+    }
+}
+
+/* ---- push ----*/
+
+static void opush_free(struct opush *p)
+{
+    struct queue *q = p->q;
+
+    if (p->prev)
+        p->prev->next = p->next;
+    else
+        q->pushes = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+    q->n_push--;
+    if (p->timer)
+        event_free(p->timer);
+    free(p->gw);
+    free(p->stream);
+    free(p->uid);
+    free(p->json);
+    free(p);
+    q_release(q);
+}
+
+static void opush_send(struct opush *p);
+
+static void opush_done(const struct error *err, const char *id, void *arg)
+{
+    struct opush *p = arg;
+    struct queue *q = p->q;
+
+    if (err && err->temporary && !q->freed && now_ms() < p->deadline) {
+        struct timeval tv;
+        uint64_t d = backoff_ms(p->attempt, PUSH_BASE_MS, PUSH_CAP_MS);
+        if (p->attempt < 20)
+            p->attempt++;
+        log_warn(MOD, "out[%s]: cannot persist a message (%s); retrying in %u "
+                      "ms",
+                 p->gw, err->msg, (unsigned)d);
+        tv.tv_sec = (time_t)(d / 1000);
+        tv.tv_usec = (suseconds_t)((d % 1000) * 1000);
+        event_add(p->timer, &tv);
+        return;
+    }
+    if (err)
+        log_warn(MOD, "out[%s]: message not persisted: %s", p->gw, err->msg);
+    else
+        log_debug(MOD, "out[%s]: persisted %s (%s)", p->gw, p->uid,
+                  id ? id : "already there");
+    p->fn(err, p->arg);
+    if (!err && !q->freed)
+        queue_kick(q);
+    opush_free(p);
+}
+
+static void opush_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    opush_send(arg);
+}
+
+static void opush_send(struct opush *p)
+{
+    /* the uid makes a repeated add (its first answer timed out, yet Redis
+     * ran it) a no-op */
+    store_stream_add(p->q->store, p->stream, p->uid, UID_TTL_S, p->json,
+                     opush_done, p);
+}
+
+void queue_outbound_push(struct queue *q, const char *gw,
+                         const struct outmsg *m, store_done_fn *fn, void *arg)
+{
+    struct opush *p = xcalloc(1, sizeof(*p));
+    struct outmsg c = *m;
+    char uid[33];
+
+    if (!c.uid || !*c.uid) {
+        random_hex(uid, 16);
+        c.uid = uid;
+    }
+    if (!c.enqueued_at)
+        c.enqueued_at = (int64_t)wall_ms();
+    p->q = q;
+    p->gw = xstrdup(gw);
+    p->stream = xasprintf("out:%s", gw);
+    p->uid = xstrdup(c.uid);
+    p->json = outmsg_to_json(&c);
+    p->fn = fn;
+    p->arg = arg;
+    p->deadline = now_ms() + PUSH_WINDOW_MS;
+    p->timer = event_new(q->base, -1, 0, opush_timer, p);
+    p->next = q->pushes;
+    if (q->pushes)
+        q->pushes->prev = p;
+    q->pushes = p;
+    q->n_push++;
+    q_hold(q);
+    opush_send(p);
+}
+
+/* queue_free: pushes waiting for a retry fail now. */
+static void pushes_abort(struct queue *q)
+{
+    struct opush *p = q->pushes;
+
+    while (p) {
+        struct opush *next = p->next;
+        if (event_pending(p->timer, EV_TIMEOUT, NULL)) {
+            struct error e;
+            error_set(&e, COND_REMOTE_SERVER_TIMEOUT, true,
+                      "The message could not be stored; try again later");
+            event_del(p->timer);
+            p->fn(&e, p->arg);
+            opush_free(p);
+        }
+        p = next;
+    }
 }

@@ -25,6 +25,8 @@
 #include "addr.h"
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
+#include "ratelimit.h"
 #include "stanza.h"
 #include "store.h"
 #include "transport.h"
@@ -52,6 +54,7 @@ struct router {
     struct transport *t;
     struct router_sink sink;
     struct store *store;
+    struct queue *queue; /* t->host->queue */
     const char *gw;  /* t->conf->jid */
     const char *mod; /* t->module, the log prefix */
     char *gw_name;   /* disco identity name */
@@ -87,6 +90,14 @@ struct op {
     const struct inmsg *m;
     deliver_done_fn *done;
     void *done_arg;
+    /* router_send */
+    const struct outmsg *om;
+    outbound_done_fn *odone;
+    void *odone_arg;
+    /* router_on_delivery */
+    enum delivery_state dstate;
+    struct error derr;
+    bool has_derr;
 };
 
 /* A stanza as received, with its addresses split once. */
@@ -153,11 +164,22 @@ static void op_free(struct op *op)
  */
 static bool op_orphaned(struct op *op)
 {
+    deliver_done_fn *done = op->done;
+    void *done_arg = op->done_arg;
+    outbound_done_fn *odone = op->odone;
+    void *odone_arg = op->odone_arg;
+    struct error e;
+
     if (op->r)
         return false;
-    if (op->done)
-        op->done(DELIVER_RETRY, op->done_arg);
     op_free(op);
+    if (done)
+        done(DELIVER_RETRY, done_arg);
+    if (odone) {
+        error_set(&e, COND_SERVICE_UNAVAILABLE, true,
+                  "The gateway is shutting down");
+        odone(odone_arg, &e, NULL, 0);
+    }
     return true;
 }
 
@@ -1177,22 +1199,6 @@ static size_t count_media(const struct xnode *st)
     return n;
 }
 
-static void on_sent(void *arg, const struct error *err, const char *provider_id)
-{
-    struct op *op = arg;
-    struct error e;
-
-    (void)provider_id;
-    if (op_orphaned(op))
-        return;
-    if (err) {
-        e = *err;
-        fix_error(&e);
-        reply_error(op->r, op->st, &e);
-    }
-    op_free(op);
-}
-
 /* Fills m from the owned stanza copy (URLs trimmed in place). */
 static void build_msg(struct router *r, struct op *op, const char *from_addr,
                       struct msg *m)
@@ -1226,12 +1232,69 @@ static void build_msg(struct router *r, struct op *op, const char *from_addr,
     }
 }
 
-static void on_msg_owner(const struct error *err, const char *value, void *arg)
+static char *dup_opt(const char *s)
+{
+    return s ? xstrdup(s) : NULL;
+}
+
+/*
+ * ---- the outbound message path ----
+ * owner lookup -> segment policy -> limits_check (rate limits, async,
+ * may refuse with policy-violation) -> queue_outbound_push. Nothing is
+ * sent from here: the queue's consumer calls router_send later, and the
+ * outcome (errors, receipts) comes back as notices through the inbound
+ * queue. Success is silent.
+ */
+static void on_pushed(const struct error *err, void *arg)
 {
     struct op *op = arg;
     struct router *r;
     struct error e;
+
+    if (op_orphaned(op))
+        return;
+    r = op->r;
+    if (err) {
+        error_set(&e, COND_REMOTE_SERVER_TIMEOUT, true,
+                  "The gateway cannot store your message right now (%.100s); "
+                  "it was not sent, try again later",
+                  err->msg);
+        reply_error(r, op->st, &e);
+    } else {
+        metrics_message(r->gw, "out");
+    }
+    op_free(op);
+}
+
+static void push_message(struct router *r, struct op *op)
+{
     struct msg m;
+    struct outmsg om;
+
+    build_msg(r, op, op->sessionid, &m);
+    memset(&om, 0, sizeof(om));
+    om.from_jid = xstrdup(m.from_jid);
+    om.id = dup_opt(m.id);
+    om.to_jid = xstrdup(m.to_jid ? m.to_jid : "");
+    om.from_addr = xstrdup(m.from_addr);
+    om.to_addr = xstrdup(m.to_addr);
+    om.body = dup_opt(m.body);
+    om.subject = dup_opt(m.subject);
+    om.thread = dup_opt(m.thread);
+    for (size_t i = 0; i < m.n_media && i < OUTMSG_MAX_MEDIA; i++)
+        om.media[om.n_media++] = xstrdup(m.media[i]);
+    om.receipt = m.receipt;
+    log_debug(r->mod, "message %s: %s", m.id ? m.id : "-",
+              m.body ? m.body : "(media)");
+    queue_outbound_push(r->queue, r->gw, &om, on_pushed, op);
+    outmsg_free_fields(&om);
+}
+
+static void on_limits(void *arg, const struct error *err)
+{
+    struct op *op = arg;
+    struct router *r;
+    struct error e;
 
     if (op_orphaned(op))
         return;
@@ -1239,20 +1302,56 @@ static void on_msg_owner(const struct error *err, const char *value, void *arg)
     if (err) {
         e = *err;
         fix_error(&e);
-    } else if (!value) {
-        error_set(&e, COND_REGISTRATION_REQUIRED, false,
-                  "Register with %s before sending messages", r->gw);
     } else if (r->stopped) {
         error_set(&e, COND_SERVICE_UNAVAILABLE, true,
                   "The gateway is shutting down; try again later");
     } else {
-        build_msg(r, op, value, &m);
-        log_debug(r->mod, "message %s: %s", m.id ? m.id : "-",
-                  m.body ? m.body : "(media)");
-        error_clear(&e);
-        if (r->t->ops->send(r->t, &m, on_sent, op, &e) == 0)
-            return; /* on_sent finishes op */
+        push_message(r, op);
+        return; /* on_pushed finishes op */
+    }
+    reply_error(r, op->st, &e);
+    op_free(op);
+}
+
+static void on_msg_owner(const struct error *err, const char *value, void *arg)
+{
+    struct op *op = arg;
+    struct router *r;
+    struct error e;
+    struct msg m;
+    unsigned segments = 1;
+    unsigned max;
+
+    if (op_orphaned(op))
+        return;
+    r = op->r;
+    max = r->t->conf->limits.max_segments;
+    if (err) {
+        e = *err;
         fix_error(&e);
+    } else if (!value) {
+        error_set(&e, COND_REGISTRATION_REQUIRED, false,
+                  "Register with %s before sending messages", r->gw);
+    } else if (r->stopped || !r->queue) {
+        error_set(&e, COND_SERVICE_UNAVAILABLE, true,
+                  "The gateway is shutting down; try again later");
+    } else {
+        /* the registered address rides along in sessionid (unused here) */
+        op->sessionid = xstrdup(value);
+        build_msg(r, op, value, &m);
+        if (r->t->ops->segments)
+            segments = r->t->ops->segments(r->t, &m);
+        /* before the limits: a refused message must not use up quota */
+        if (max && segments > max) {
+            error_set(&e, COND_POLICY_VIOLATION, false,
+                      "Message too long: %u SMS segments, this gateway "
+                      "allows at most %u per message",
+                      segments, max);
+        } else {
+            limits_check(r->store, r->t->conf, op->bare, segments, on_limits,
+                         op);
+            return; /* on_limits finishes op */
+        }
     }
     reply_error(r, op->st, &e);
     op_free(op);
@@ -1407,12 +1506,91 @@ static void on_deliver_owner(const struct error *err, const char *value,
     done(res, done_arg);
 }
 
+/* A notice for a sender: an XEP-0184 receipt or an error stanza. */
+static enum deliver_result emit_notice(struct router *r, const struct inmsg *m)
+{
+    struct xnode *st;
+    struct error e;
+    char id[24];
+
+    if (m->kind == INMSG_RECEIPT) {
+        st = stanza_message(m->contact, m->jid, NULL, NULL);
+        stanza_new_id(id);
+        xnode_set_attr(st, "id", id);
+        xnode_set_attr(xnode_add_ns(st, "received", NS_RECEIPTS), "id",
+                       m->ref_id);
+    } else {
+        error_set(&e, m->cond, m->temporary, "%s",
+                  m->text && *m->text ? m->text : "Not sent");
+        st = stanza_error_to("message", m->contact, m->jid, m->ref_id, &e);
+        if (m->body)
+            xnode_add_text(st, "body", m->body);
+    }
+    return emit(r, st) < 0 ? DELIVER_RETRY : DELIVER_OK;
+}
+
+static void on_notice_owner(const struct error *err, const char *value,
+                            void *arg)
+{
+    struct op *op = arg;
+    struct router *r;
+    enum deliver_result res;
+    deliver_done_fn *done = op->done;
+    void *done_arg = op->done_arg;
+    char mask[128];
+
+    if (op_orphaned(op))
+        return;
+    r = op->r;
+    if (err) {
+        log_warn(r->mod, "cannot look up %s: %s",
+                 log_mask(op->bare, mask, sizeof(mask)), err->msg);
+        res = DELIVER_RETRY;
+    } else if (!value) {
+        /* unregistered meanwhile: nothing is delivered to it any more */
+        log_info(r->mod, "notice for %s dropped: not registered",
+                 log_mask(op->bare, mask, sizeof(mask)));
+        res = DELIVER_DROP;
+    } else if (!r->sink.up(r->sink.arg)) {
+        res = DELIVER_RETRY;
+    } else {
+        res = emit_notice(r, op->m);
+    }
+    op_free(op);
+    done(res, done_arg);
+}
+
+static void deliver_notice(struct router *r, const struct inmsg *m,
+                           deliver_done_fn *done, void *done_arg)
+{
+    struct jid cj;
+    char bare[JID_MAX];
+    struct op *op;
+
+    if (!m->jid || !m->contact || jid_bare(m->jid, bare, sizeof(bare)) < 0 ||
+        jid_parse(m->contact, &cj) < 0 || strcmp(cj.domain, r->gw) != 0) {
+        log_warn(r->mod, "malformed notice; dropped");
+        done(DELIVER_DROP, done_arg);
+        return;
+    }
+    op = op_new(r, ORIGIN_NONE, NULL);
+    op->bare = xstrdup(bare);
+    op->m = m;
+    op->done = done;
+    op->done_arg = done_arg;
+    store_reg_get_addr(r->store, r->gw, bare, on_notice_owner, op);
+}
+
 void router_deliver(void *router, const struct inmsg *m, deliver_done_fn *done,
                     void *done_arg)
 {
     struct router *r = router;
     struct op *op;
 
+    if (m->kind != INMSG_MESSAGE) {
+        deliver_notice(r, m, done, done_arg);
+        return;
+    }
     if (!m->to_addr || !m->from_addr) {
         log_warn(r->mod, "inbound message without addresses; dropped");
         done(DELIVER_DROP, done_arg);
@@ -1423,6 +1601,187 @@ void router_deliver(void *router, const struct inmsg *m, deliver_done_fn *done,
     op->done = done;
     op->done_arg = done_arg;
     store_reg_get_jid(r->store, r->gw, m->to_addr, on_deliver_owner, op);
+}
+
+/* ---- outbound sends (queue consumer) ------------------------------------ */
+
+static void on_send_done(void *arg, const struct error *err,
+                         const char *provider_id)
+{
+    struct op *op = arg;
+    outbound_done_fn *done = op->odone;
+    void *done_arg = op->odone_arg;
+    struct error e;
+
+    if (op_orphaned(op))
+        return;
+    if (err) {
+        e = *err;
+        if (e.code == COND_NONE)
+            e.code = e.temporary ? COND_REMOTE_SERVER_TIMEOUT
+                                 : COND_NOT_ACCEPTABLE;
+    }
+    op_free(op);
+    done(done_arg, err ? &e : NULL, provider_id,
+         err && err->temporary ? err->retry_after_s * 1000u : 0);
+}
+
+static void on_send_owner(const struct error *err, const char *value,
+                          void *arg)
+{
+    struct op *op = arg;
+    struct router *r;
+    const struct outmsg *om;
+    outbound_done_fn *done = op->odone;
+    void *done_arg = op->odone_arg;
+    struct error e;
+    struct msg m;
+
+    if (op_orphaned(op))
+        return;
+    r = op->r;
+    om = op->om;
+    error_clear(&e);
+    if (err) {
+        e = *err;
+        e.temporary = true;
+    } else if (!value || strcmp(value, om->from_addr) != 0) {
+        /* SPEC 3: nothing is sent for a JID after it unregistered */
+        error_set(&e, COND_REGISTRATION_REQUIRED, false,
+                  "Not sent: you are no longer registered with %s as %s",
+                  r->gw, om->from_addr);
+    } else {
+        memset(&m, 0, sizeof(m));
+        m.gw = r->gw;
+        m.from_jid = om->from_jid;
+        m.from_addr = om->from_addr;
+        m.to_jid = om->to_jid;
+        m.to_addr = om->to_addr;
+        m.id = om->id;
+        m.body = om->body;
+        m.subject = om->subject;
+        m.thread = om->thread;
+        for (size_t i = 0; i < om->n_media && i < MSG_MAX_MEDIA; i++)
+            m.media[m.n_media++] = om->media[i];
+        m.receipt = om->receipt;
+        if (r->t->ops->send(r->t, &m, on_send_done, op, &e) == 0)
+            return; /* on_send_done finishes op */
+        if (e.code == COND_NONE)
+            e.code = e.temporary ? COND_REMOTE_SERVER_TIMEOUT
+                                 : COND_NOT_ACCEPTABLE;
+    }
+    if (!e.msg[0])
+        snprintf(e.msg, sizeof(e.msg), "%s", "Not sent");
+    op_free(op);
+    done(done_arg, &e, NULL, 0);
+}
+
+void router_send(void *router, const struct outmsg *m, outbound_done_fn *done,
+                 void *done_arg)
+{
+    struct router *r = router;
+    char bare[JID_MAX];
+    struct op *op;
+    struct error e;
+
+    if (jid_bare(m->from_jid, bare, sizeof(bare)) < 0 || !r->t->ops->send) {
+        error_set(&e, COND_BAD_REQUEST, false, "Not sent: malformed sender");
+        done(done_arg, &e, NULL, 0);
+        return;
+    }
+    op = op_new(r, ORIGIN_NONE, NULL);
+    op->bare = xstrdup(bare);
+    op->om = m;
+    op->odone = done;
+    op->odone_arg = done_arg;
+    store_reg_get_addr(r->store, r->gw, bare, on_send_owner, op);
+}
+
+/* ---- delivery status (provider webhooks) --------------------------------- */
+
+static void on_notice_pushed(const struct error *err, void *arg)
+{
+    struct op *op = arg;
+
+    if (op_orphaned(op))
+        return;
+    if (err)
+        log_warn(op->r->mod, "delivery status for %s lost: %s", op->addr,
+                 err->msg);
+    op_free(op);
+}
+
+static void on_receipt_map(const struct error *err, const char *value,
+                           void *arg)
+{
+    struct op *op = arg;
+    struct router *r;
+    struct outref ref;
+    struct error e;
+    struct inmsg n;
+
+    if (op_orphaned(op))
+        return;
+    r = op->r;
+    if (err) {
+        log_warn(r->mod, "delivery status for %s: cannot look it up: %s",
+                 op->addr, err->msg);
+        op_free(op);
+        return;
+    }
+    if (!value || outref_from_json(value, &ref, &e) < 0) {
+        log_info(r->mod, "delivery status for unknown message %s ignored",
+                 op->addr);
+        op_free(op);
+        return;
+    }
+    if (op->dstate == DELIVERY_DELIVERED && !ref.receipt) {
+        log_debug(r->mod, "%s delivered (no receipt requested)", op->addr);
+        outref_free_fields(&ref);
+        op_free(op);
+        return;
+    }
+    memset(&n, 0, sizeof(n));
+    n.jid = ref.jid;
+    n.contact = ref.contact;
+    n.ref_id = ref.id;
+    /* the first final status of a provider message wins */
+    n.provider_id = xasprintf("status:%s", op->addr);
+    if (op->dstate == DELIVERY_DELIVERED) {
+        n.kind = INMSG_RECEIPT;
+    } else {
+        n.kind = INMSG_ERROR;
+        n.cond = op->has_derr && op->derr.code != COND_NONE &&
+                         op->derr.code != COND_INTERNAL_SERVER_ERROR
+                     ? op->derr.code
+                     : COND_RECIPIENT_UNAVAILABLE;
+        n.temporary = false;
+        n.text = xasprintf("Not delivered: %s",
+                           op->has_derr && op->derr.msg[0]
+                               ? op->derr.msg
+                               : "the carrier could not deliver the message");
+    }
+    /* ref's strings now belong to n */
+    memset(&ref, 0, sizeof(ref));
+    queue_inbound_push(r->queue, r->gw, &n, on_notice_pushed, op);
+    inmsg_free_fields(&n);
+}
+
+void router_on_delivery(struct router *r, const char *provider_id,
+                        enum delivery_state state, const struct error *err)
+{
+    struct op *op;
+
+    if (state == DELIVERY_SENT || !provider_id || !*provider_id || !r->queue)
+        return;
+    op = op_new(r, ORIGIN_NONE, NULL);
+    op->addr = xstrdup(provider_id);
+    op->dstate = state;
+    if (err) {
+        op->derr = *err;
+        op->has_derr = true;
+    }
+    store_receipt_get(r->store, r->gw, provider_id, on_receipt_map, op);
 }
 
 bool router_ready(void *router)
@@ -1529,6 +1888,7 @@ struct router *router_new(struct transport *t, const struct router_sink *sink,
     r->t = t;
     r->sink = *sink;
     r->store = s;
+    r->queue = t->host ? t->host->queue : NULL;
     r->gw = t->conf->jid;
     r->mod = t->module;
     r->gw_name = identity_name(t->ops);

@@ -13,6 +13,7 @@
 #include <stdbool.h>
 
 #include "queue.h"
+#include "transport.h"
 #include "util.h"
 
 struct router;
@@ -31,7 +32,10 @@ struct router_sink {
     void *arg;
 };
 
-/* t and s borrowed (they outlive the router); sink copied. */
+/*
+ * t and s borrowed (they outlive the router); sink copied. Outbound
+ * messages and notices go to t->host->queue (none: messages are refused).
+ */
 struct router *router_new(struct transport *t, const struct router_sink *sink,
                           struct store *s);
 void router_free(struct router *r);
@@ -44,6 +48,22 @@ void router_on_state(void *router, bool up);
 void router_deliver(void *router, const struct inmsg *m,
                     deliver_done_fn *done, void *done_arg);
 bool router_ready(void *router);
+
+/*
+ * queue outbound_send_fn for the gateway's outbound stream: checks the
+ * sender is still registered with m->from_addr, then hands m to the
+ * transport.
+ */
+void router_send(void *router, const struct outmsg *m, outbound_done_fn *done,
+                 void *done_arg);
+/*
+ * transport_host.delivery for this gateway (main.c picks the router by
+ * transport): maps provider_id back to the sender and queues a receipt
+ * (DELIVERED, when one was requested) or an error (FAILED, err = the
+ * provider's reason, may be NULL) as an inbound notice.
+ */
+void router_on_delivery(struct router *r, const char *provider_id,
+                        enum delivery_state state, const struct error *err);
 
 /* Stop taking new outbound messages (they get a wait error). */
 void router_stop(struct router *r);

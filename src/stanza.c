@@ -56,6 +56,9 @@ const char *stanza_error_type(int cond, bool temporary)
     case COND_JID_MALFORMED:
         return "modify";
     case COND_POLICY_VIOLATION:
+        /* over a rate limit: wait; a message too long for the policy:
+         * change it (SPEC 3 lists the rate-limit case) */
+        return temporary ? "wait" : "modify";
     case COND_REMOTE_SERVER_TIMEOUT:
     case COND_RECIPIENT_UNAVAILABLE:
     case COND_RESOURCE_CONSTRAINT:

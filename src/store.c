@@ -1412,3 +1412,199 @@ void store_receipt_get(struct store *s, const char *gw,
     cmd_send(s, new_str(s, fn, arg), 2, argv);
     free(k);
 }
+
+/* ---- limits ---- */
+/*
+ * Commands for limits.c (per-user rate counters) and metrics.c (queue
+ * depths). Keys:
+ *   <prefix>:limit:<gw>:<jid>:m:<unix minute>  string  messages that minute
+ *   <prefix>:limit:<gw>:<jid>:d:<yyyymmdd>     string  messages that UTC day
+ * Each counter expires a while after its window ends (the slack covers
+ * clock skew between postern processes sharing Redis).
+ */
+
+#include <time.h>
+
+#define LIMIT_MINUTE_SLACK_S 60
+#define LIMIT_DAY_SLACK_S 3600
+
+struct event_base *store_event_base(const struct store *s)
+{
+    return s->base;
+}
+
+/* The caller's ints callback travels behind a K_STR command. */
+struct ints_ctx {
+    store_ints_fn *fn;
+    void *arg;
+};
+
+/* Only reached with an error: successes go through finish_ints. */
+static void ints_error(const struct error *err, const char *value, void *arg)
+{
+    struct ints_ctx *x = arg;
+    (void)value;
+    x->fn(err, NULL, 0, x->arg);
+    free(x);
+}
+
+static void finish_ints(struct cmd *c, redisReply *r)
+{
+    struct ints_ctx *x = c->arg;
+    long long v[8];
+    size_t n;
+
+    if (r->type != REDIS_REPLY_ARRAY || r->elements > ARRAY_SIZE(v)) {
+        answer_bad_reply(c);
+        return;
+    }
+    n = r->elements;
+    for (size_t i = 0; i < n; i++) {
+        if (r->element[i]->type != REDIS_REPLY_INTEGER) {
+            answer_bad_reply(c);
+            return;
+        }
+        v[i] = r->element[i]->integer;
+    }
+    x->fn(NULL, v, n, x->arg);
+    free(x);
+}
+
+static struct cmd *new_ints(struct store *s, store_ints_fn *fn, void *arg)
+{
+    struct ints_ctx *x = xcalloc(1, sizeof(*x));
+    struct cmd *c;
+
+    x->fn = fn;
+    x->arg = arg;
+    c = cmd_new(s, K_STR, finish_ints, x);
+    c->fn.str = ints_error;
+    return c;
+}
+
+/*
+ * KEYS minute day; ARGV per_minute per_day minute_ttl day_ttl (0 = no
+ * limit: that key is not touched). Refuses without counting: the day
+ * limit first (its wait is the longer one), then the minute limit.
+ */
+static const char limit_count_lua[] =
+    "local lm, ld = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
+    "local cm, cd = 0, 0\n"
+    "if lm > 0 then cm = tonumber(redis.call('GET', KEYS[1]) or 0) or 0 end\n"
+    "if ld > 0 then cd = tonumber(redis.call('GET', KEYS[2]) or 0) or 0 end\n"
+    "if ld > 0 and cd >= ld then return {2, cm, cd} end\n"
+    "if lm > 0 and cm >= lm then return {1, cm, cd} end\n"
+    "if lm > 0 then\n"
+    "  cm = redis.call('INCR', KEYS[1])\n"
+    "  redis.call('EXPIRE', KEYS[1], ARGV[3])\n"
+    "end\n"
+    "if ld > 0 then\n"
+    "  cd = redis.call('INCR', KEYS[2])\n"
+    "  redis.call('EXPIRE', KEYS[2], ARGV[4])\n"
+    "end\n"
+    "return {0, cm, cd}\n";
+
+void store_limit_count(struct store *s, const char *gw, const char *bare_jid,
+                       int64_t now, unsigned per_minute, unsigned per_day,
+                       store_ints_fn *fn, void *arg)
+{
+    char day[40], lm[16], ld[16], ttl_m[16], ttl_d[16];
+    struct tm tmv;
+    time_t t;
+
+    if (now < 0)
+        now = 0;
+    t = (time_t)now;
+    if (!gmtime_r(&t, &tmv))
+        memset(&tmv, 0, sizeof(tmv));
+    snprintf(day, sizeof(day), "%04d%02d%02d", tmv.tm_year + 1900,
+             tmv.tm_mon + 1, tmv.tm_mday);
+    snprintf(lm, sizeof(lm), "%u", per_minute);
+    snprintf(ld, sizeof(ld), "%u", per_day);
+    snprintf(ttl_m, sizeof(ttl_m), "%d",
+             (int)(60 - now % 60 + LIMIT_MINUTE_SLACK_S));
+    snprintf(ttl_d, sizeof(ttl_d), "%d",
+             (int)(86400 - now % 86400 + LIMIT_DAY_SLACK_S));
+    char *km = xasprintf("%s:limit:%s:%s:m:%lld", s->prefix, gw, bare_jid,
+                         (long long)(now / 60));
+    char *kd = xasprintf("%s:limit:%s:%s:d:%s", s->prefix, gw, bare_jid, day);
+    const char *argv[] = {"EVAL", limit_count_lua, "2",  km, kd, lm,
+                          ld,     ttl_m,           ttl_d};
+    cmd_send(s, new_ints(s, fn, arg), 9, argv);
+    free(km);
+    free(kd);
+}
+
+/* KEYS out in retry dead. Missing keys count 0. */
+static const char queue_depths_lua[] =
+    "return {redis.call('XLEN', KEYS[1]), redis.call('XLEN', KEYS[2]),\n"
+    "        redis.call('ZCARD', KEYS[3]), redis.call('XLEN', KEYS[4])}\n";
+
+void store_queue_depths(struct store *s, const char *gw, store_ints_fn *fn,
+                        void *arg)
+{
+    char *out = xasprintf("%s:stream:out:%s", s->prefix, gw);
+    char *in = xasprintf("%s:stream:in:%s", s->prefix, gw);
+    char *retry = xasprintf("%s:retry:out:%s", s->prefix, gw);
+    char *dead = xasprintf("%s:stream:dead:out:%s", s->prefix, gw);
+    const char *argv[] = {"EVAL", queue_depths_lua, "4", out, in, retry, dead};
+    cmd_send(s, new_ints(s, fn, arg), 7, argv);
+    free(out);
+    free(in);
+    free(retry);
+    free(dead);
+}
+
+/* ---- sms provider support (vonage multipart) ---- */
+
+/*
+ * KEYS concat hash; ARGV part total text id ttl. Stores one part and
+ * returns every text in order plus the first part's id once all parts are
+ * present, else an empty array. The hash stays until the caller drops it
+ * (after the joined message is persisted) or it expires.
+ */
+static const char sms_concat_add_lua[] =
+    "local part, total = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
+    "redis.call('HSET', KEYS[1], 't' .. part, ARGV[3])\n"
+    "redis.call('HSET', KEYS[1], 'i' .. part, ARGV[4])\n"
+    "redis.call('EXPIRE', KEYS[1], ARGV[5])\n"
+    "local out = {}\n"
+    "for i = 1, total do\n"
+    "  local v = redis.call('HGET', KEYS[1], 't' .. i)\n"
+    "  if not v then return {} end\n"
+    "  out[#out + 1] = v\n"
+    "end\n"
+    "out[#out + 1] = redis.call('HGET', KEYS[1], 'i1') or ''\n"
+    "return out\n";
+
+static char *sms_concat_key(const struct store *s, const char *gw,
+                            const char *ref)
+{
+    return xasprintf("%s:concat:%s:%s", s->prefix, gw, ref);
+}
+
+void store_sms_concat_add(struct store *s, const char *gw, const char *ref,
+                          unsigned part, unsigned total, const char *text,
+                          const char *provider_id, unsigned ttl_s,
+                          store_list_fn *fn, void *arg)
+{
+    char *k = sms_concat_key(s, gw, ref);
+    char p[16], n[16], ttl[16];
+
+    snprintf(p, sizeof(p), "%u", part);
+    snprintf(n, sizeof(n), "%u", total);
+    snprintf(ttl, sizeof(ttl), "%u", ttl_s ? ttl_s : 1);
+    const char *argv[] = {"EVAL", sms_concat_add_lua, "1", k, p, n, text,
+                          provider_id ? provider_id : "", ttl};
+    cmd_send(s, new_list(s, finish_keys, fn, arg), 9, argv);
+    free(k);
+}
+
+void store_sms_concat_drop(struct store *s, const char *gw, const char *ref,
+                           store_done_fn *fn, void *arg)
+{
+    char *k = sms_concat_key(s, gw, ref);
+    const char *argv[] = {"DEL", k};
+    cmd_send(s, new_done(s, finish_done, fn, arg), 2, argv);
+    free(k);
+}

@@ -192,4 +192,49 @@ void store_stream_del(struct store *s, const char *name, const char *id,
 void store_receipt_get(struct store *s, const char *gw,
                        const char *provider_id, store_str_fn *fn, void *arg);
 
+/* ---- limits ---- */
+/* Rate-limit counters and queue depths (limits.c, metrics.c). */
+
+/* Integer results (v has n elements, NULL on error). */
+typedef void store_ints_fn(const struct error *err, const long long *v,
+                           size_t n, void *arg);
+
+/* The loop the store runs on (for deferring callbacks). Borrowed. */
+struct event_base *store_event_base(const struct store *s);
+
+/*
+ * One Lua script: counts a message for bare_jid in the fixed windows
+ * <prefix>:limit:<gw>:<jid>:m:<now/60> and :d:<yyyymmdd UTC of now>
+ * unless that would exceed per_minute / per_day (0 = no limit, that
+ * counter is not touched). A refused message is not counted.
+ * v = {status, minute count, day count}; status 0 counted, 1 over the
+ * minute limit, 2 over the day limit (checked first).
+ */
+void store_limit_count(struct store *s, const char *gw, const char *bare_jid,
+                       int64_t now, unsigned per_minute, unsigned per_day,
+                       store_ints_fn *fn, void *arg);
+
+/*
+ * v = {XLEN stream out:<gw>, XLEN stream in:<gw>, ZCARD
+ * <prefix>:retry:out:<gw>, XLEN stream dead:out:<gw>}.
+ */
+void store_queue_depths(struct store *s, const char *gw, store_ints_fn *fn,
+                        void *arg);
+
+/* ---- sms provider support (vonage multipart) ---- */
+/*
+ * Parts of a concatenated inbound SMS the provider did not reassemble,
+ * kept in <prefix>:concat:<gw>:<ref> (hash, expiring after ttl_s).
+ * store_sms_concat_add stores part (1-based) of total; the list callback
+ * gets n == 0 while parts are missing, else n == total + 1: keys[0..total)
+ * are the texts in order and keys[total] the first part's provider_id
+ * (values NULL). Drop the set once the joined message is persisted.
+ */
+void store_sms_concat_add(struct store *s, const char *gw, const char *ref,
+                          unsigned part, unsigned total, const char *text,
+                          const char *provider_id, unsigned ttl_s,
+                          store_list_fn *fn, void *arg);
+void store_sms_concat_drop(struct store *s, const char *gw, const char *ref,
+                           store_done_fn *fn, void *arg);
+
 #endif

@@ -132,6 +132,12 @@ struct transport_ops {
     void (*stop)(struct transport *t);
     /* Frees priv contents; never fails. */
     void (*destroy)(struct transport *t);
+    /*
+     * Optional (NULL = 1): what m costs in the transport's billing units
+     * (SMS segments, transports/sms/segments.h), for limits.max_segments
+     * and the rate limits. Pure.
+     */
+    unsigned (*segments)(const struct transport *t, const struct msg *m);
 };
 
 struct transport {

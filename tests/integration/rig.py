@@ -24,7 +24,6 @@ import asyncio
 import atexit
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -79,6 +78,27 @@ def _cleanup_all():
 
 
 atexit.register(_cleanup_all)
+
+
+def _on_sigterm(signum, _frame):
+    # ctest's timeout sends SIGTERM: unwind so finally blocks and atexit
+    # stop every child by PID.
+    raise SystemExit(128 + signum)
+
+
+signal.signal(signal.SIGTERM, _on_sigterm)
+
+try:
+    import ctypes
+    _libc = ctypes.CDLL(None, use_errno=True)
+except OSError:
+    _libc = None
+
+
+def _die_with_parent():
+    # PR_SET_PDEATHSIG: even a SIGKILLed test run leaves no server behind.
+    if _libc is not None:
+        _libc.prctl(1, signal.SIGKILL, 0, 0, 0)
 
 
 def free_port():
@@ -145,7 +165,7 @@ class Proc:
         self.popen = subprocess.Popen(
             self.argv, stdin=subprocess.DEVNULL, stdout=logf,
             stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=_die_with_parent)
         logf.close()
         _live_procs.append(self)
         return self
@@ -644,7 +664,11 @@ class Client:
     def connect(self, presence=True, timeout=20):
         self.x.connect(address=("127.0.0.1", self.port),
                        disable_starttls=True, force_starttls=False)
-        self.run(asyncio.wait_for(asyncio.shield(self.session), timeout))
+        try:
+            self.run(asyncio.wait_for(asyncio.shield(self.session), timeout))
+        except asyncio.TimeoutError:
+            raise AssertionError("login of %s on port %d timed out after "
+                                 "%.0fs" % (self.jid, self.port, timeout))
         if presence:
             self.send_raw("<presence/>")
         return self
@@ -786,7 +810,11 @@ class Stack:
         c = Client("%s@%s" % (user, domain), PASSWORD, self.server.c2s_port,
                    self.loop)
         self.clients.append(c)
-        return c.connect(presence=presence)
+        try:
+            return c.connect(presence=presence)
+        except AssertionError as e:
+            raise AssertionError("%s\n----- %s -----\n%s" % (
+                e, self.server.log_path, tail(self.server.log_path)))
 
     def outbox_lines(self):
         try:
@@ -870,6 +898,16 @@ class StackTest(unittest.TestCase):
     def setUpClass(cls):
         cls.stack = Stack(server=cls.server, email=cls.email,
                           limits=cls.limits, extra=cls.extra).start()
+        try:
+            cls.prepare()
+        except BaseException:
+            cls.stack.close()
+            cls.stack = None
+            raise
+
+    @classmethod
+    def prepare(cls):
+        """Per-class setup after the stack is up (clients, registrations)."""
 
     @classmethod
     def tearDownClass(cls):

@@ -6,7 +6,12 @@
  * callback runs twice or from inside the call that started it, so the
  * tests see contract violations as a crash.
  *
- * usage: store_driver REDIS_URL PREFIX TIMEOUT_MS
+ * Outbound: "oreg" registers a fake transport on a gateway's outbound
+ * stream; every send prints "EV send BODY ATTEMPT MONO_MS" and ends as
+ * "omode" says (ok, temp, perm, hold, flaky N: temporary for the first N
+ * attempts, ra S: temporary with Retry-After S seconds on the first).
+ *
+ * usage: store_driver REDIS_URL PREFIX TIMEOUT_MS [CONSUMER]
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -164,6 +169,14 @@ static void deliver(void *arg, const struct inmsg *m, deliver_done_fn *done,
                     void *done_arg)
 {
     (void)arg;
+    if (m->kind != INMSG_MESSAGE) {
+        printf("EV notice %s %d %s %s %s\n",
+               m->kind == INMSG_RECEIPT ? "receipt" : "error", m->cond,
+               m->ref_id ? m->ref_id : "-", m->jid, m->contact);
+        fflush(stdout);
+        done(DELIVER_OK, done_arg);
+        return;
+    }
     printf("EV deliver %s %s %s\n", m->from_addr, m->to_addr,
            m->body ? m->body : "-");
     fflush(stdout);
@@ -182,6 +195,76 @@ static bool ready(void *arg)
 {
     (void)arg;
     return gw_ready;
+}
+
+/* ---- fake outbound transport ---- */
+
+static char out_mode[16] = "ok";
+static unsigned out_mode_n;
+
+struct fake_done {
+    outbound_done_fn *done;
+    void *arg;
+    int kind; /* 0 ok, 1 temp, 2 perm */
+    unsigned retry_after_s;
+    char *pid;
+};
+
+static struct fake_done held_out[256];
+static size_t n_held_out;
+
+static void fake_complete(struct fake_done *f)
+{
+    struct error e;
+
+    if (f->kind == 0) {
+        f->done(f->arg, NULL, f->pid, 0);
+    } else {
+        if (f->kind == 1)
+            error_set(&e, COND_REMOTE_SERVER_TIMEOUT, true, "HTTP 503");
+        else
+            error_set(&e, COND_ITEM_NOT_FOUND, false, "no such number");
+        e.retry_after_s = f->retry_after_s;
+        f->done(f->arg, &e, NULL, 0);
+    }
+    free(f->pid);
+}
+
+static void fake_later(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    fake_complete(arg);
+    free(arg);
+}
+
+static void fake_out_send(void *arg, const struct outmsg *m,
+                          outbound_done_fn *done, void *done_arg)
+{
+    struct fake_done f = {done, done_arg, 0, 0, NULL};
+
+    (void)arg;
+    printf("EV send %s %u %llu\n", m->body ? m->body : "-", m->attempt,
+           (unsigned long long)now_ms());
+    fflush(stdout);
+    f.pid = xasprintf("P-%s", m->body ? m->body : "-");
+    if (strcmp(out_mode, "temp") == 0)
+        f.kind = 1;
+    else if (strcmp(out_mode, "perm") == 0)
+        f.kind = 2;
+    else if (strcmp(out_mode, "flaky") == 0)
+        f.kind = m->attempt < out_mode_n ? 1 : 0;
+    else if (strcmp(out_mode, "ra") == 0) {
+        f.kind = m->attempt == 0 ? 1 : 0;
+        f.retry_after_s = out_mode_n;
+    }
+    if (strcmp(out_mode, "hold") == 0 && n_held_out < 256) {
+        held_out[n_held_out++] = f;
+        return;
+    }
+    struct fake_done *p = xcalloc(1, sizeof(*p));
+    *p = f;
+    event_base_once(base, -1, EV_TIMEOUT, fake_later, p, NULL);
 }
 
 #define ARG(i) (argc > (i) ? argv[i] : "")
@@ -272,6 +355,49 @@ static void run_line(char *line)
         if (d)
             d(strcmp(ARG(1), "retry") == 0 ? DELIVER_RETRY : DELIVER_OK,
               held_arg);
+    } else if (strcmp(c, "oreg") == 0) {
+        struct outbound_conf oc = {
+            .concurrency = (unsigned)atoi(ARG(2)),
+            .max_age_s = (unsigned)atoi(ARG(3)),
+            .retry_base_ms = (unsigned)atoi(ARG(4)),
+            .retry_cap_ms = (unsigned)atoi(ARG(5)),
+            .claim_idle_ms = (unsigned)atoi(ARG(6)),
+        };
+        queue_outbound_register(qu, ARG(1), &oc, fake_out_send, NULL);
+        printf("ok\n");
+    } else if (strcmp(c, "opush") == 0) {
+        struct outmsg m;
+        char cj[128], fj[] = "alice@example.org/phone", fa[] = "+15550001111",
+                      ta[] = "+15551234567";
+        memset(&m, 0, sizeof(m));
+        snprintf(cj, sizeof(cj), "+15551234567@%s", ARG(1));
+        m.from_jid = fj;
+        m.id = argv[2];
+        m.to_jid = cj;
+        m.from_addr = fa;
+        m.to_addr = ta;
+        m.body = argv[2];
+        m.receipt = argc > 3;
+        queue_outbound_push(qu, ARG(1), &m, done_cb, req_new());
+    } else if (strcmp(c, "omode") == 0) {
+        snprintf(out_mode, sizeof(out_mode), "%s", ARG(1));
+        out_mode_n = (unsigned)atoi(ARG(2));
+        printf("ok\n");
+    } else if (strcmp(c, "orelease") == 0) {
+        size_t n = n_held_out;
+        n_held_out = 0;
+        printf("ok\n");
+        fflush(stdout);
+        in_call = false;
+        for (size_t i = 0; i < n; i++) {
+            held_out[i].kind = strcmp(ARG(1), "temp") == 0 ? 1 : 0;
+            fake_complete(&held_out[i]);
+        }
+    } else if (strcmp(c, "qstop") == 0) {
+        queue_stop(qu);
+        printf("ok\n");
+    } else if (strcmp(c, "inflight") == 0) {
+        printf("val %zu\n", queue_inflight(qu));
     } else if (strcmp(c, "stats") == 0) {
         printf("stats %u %u\n", issued, answered);
     } else {
@@ -312,8 +438,9 @@ int main(int argc, char **argv)
     struct error err;
     struct event *in;
 
-    if (argc != 4) {
-        fprintf(stderr, "usage: store_driver URL PREFIX TIMEOUT_MS\n");
+    if (argc != 4 && argc != 5) {
+        fprintf(stderr, "usage: store_driver URL PREFIX TIMEOUT_MS "
+                        "[CONSUMER]\n");
         return 2;
     }
     log_init(L_DEBUG, false, NULL, &err);
@@ -324,13 +451,15 @@ int main(int argc, char **argv)
         return 1;
     }
     store_on_state(st, state_cb, NULL);
-    qu = queue_new(base, st, "driver");
+    qu = queue_new(base, st, argc == 5 ? argv[4] : "driver");
     wait_ev = event_new(base, -1, 0, wait_timeout, NULL);
     in = event_new(base, 0, EV_READ | EV_PERSIST, stdin_cb, NULL);
     event_add(in, NULL);
     event_base_dispatch(base);
     event_free(in);
     event_free(wait_ev);
+    for (size_t i = 0; i < n_held_out; i++)
+        free(held_out[i].pid);
     queue_free(qu);
     store_free(st);
     event_base_free(base);

@@ -2,7 +2,7 @@
 on contact JIDs."""
 
 import rig
-from rig import (NS_CAPS, NS_CLIENT, NS_DISCO_INFO, NS_PING, NS_VERSION,
+from rig import (NS_CAPS, NS_DISCO_INFO, NS_PING, NS_VERSION,
                  SMS_JID, child, contact, local, to_str)
 
 GATEWAY_FEATURES = ["jabber:iq:register", "jabber:iq:gateway",

@@ -8,8 +8,7 @@ from rig import NS_OOB, SMS_JID, body, child, contact, is_msg, to_str
 
 class TestInboundSandbox(rig.StackTest):
     @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
+    def prepare(cls):
         cls.alice = cls.stack.client("alice")
         cls.stack.register(cls.alice, "+15550001111")
 

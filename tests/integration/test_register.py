@@ -72,6 +72,17 @@ class TestRegister(rig.StackTest):
         c.barrier(SMS_JID)
         self.assertEqual([o for o in self.stack.outbox_lines()
                           if o["to"] == "+15557770001"], [])
+        # ... and nothing is delivered: an SMS to bob's former number is
+        # not routed to bob; one to dave's number (sent after it) arrives.
+        self.stack.admin("sms-inject", SMS_JID, "--from", "+15557770002",
+                         "--to", "+15550003333", "to a released number",
+                         check=False)
+        self.stack.admin("sms-inject", SMS_JID, "--from", "+15557770003",
+                         "--to", "+15550002222", "to dave")
+        d.wait(lambda e: rig.is_msg(e, contact("+15557770003")),
+               what="SMS to dave")
+        c.barrier(SMS_JID)
+        self.assertEqual(c.messages_from(contact("+15557770002")), [])
 
     def test_set_with_data_form(self):
         c = self.client("erin")

@@ -11,8 +11,7 @@ LIMIT = 1600
 
 class TestSendSandbox(rig.StackTest):
     @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
+    def prepare(cls):
         cls.alice = cls.stack.client("alice")
         cls.stack.register(cls.alice, "+15550001111")
 

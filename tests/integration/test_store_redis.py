@@ -1,7 +1,11 @@
 """store.c and queue.c against a real redis-server, through the
 store_driver front end: registrations, streams, the inbound queue, the
-command timeout, reconnect after a Redis restart, AUTH and SELECT."""
+outbound queue (send, retry with backoff and Retry-After, max age and
+dead letters, permanent errors, reclaim from a killed process, idle
+refresh of a long send, two processes on one stream), the command
+timeout, reconnect after a Redis restart, AUTH and SELECT."""
 
+import json
 import os
 import queue
 import signal
@@ -28,9 +32,10 @@ def driver_path():
 
 
 class Driver:
-    def __init__(self, url, prefix="t", timeout_ms=1000):
+    def __init__(self, url, prefix="t", timeout_ms=1000, consumer=None):
         self.proc = subprocess.Popen(
-            [driver_path(), url, prefix, str(timeout_ms)],
+            [driver_path(), url, prefix, str(timeout_ms)] +
+            ([consumer] if consumer else []),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=open(os.devnull, "w") if not os.environ.get("VERBOSE")
             else None, text=True, bufsize=1)
@@ -314,8 +319,228 @@ def check_auth_select():
             bad.close()
 
 
+OGW = "out.example.org"
+
+
+def wait_until(pred, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
+def out_driver(r, prefix, consumer="c1", conc=8, max_age=600, base=100,
+               cap=5000, claim=35000):
+    d = Driver(r.url(), prefix=prefix, consumer=consumer)
+    assert d.cmd("wait_up 5000") == "up"
+    d.ok("qreg " + OGW)
+    d.ok("oreg %s %d %d %d %d %d" % (OGW, conc, max_age, base, cap, claim))
+    return d
+
+
+def sends_of(d, body):
+    """(attempt, mono_ms) of every send of body seen so far (consumed)."""
+    out, keep = [], []
+    for e in d.events:
+        f = e.split()
+        if f[0] == "send" and f[1] == body:
+            out.append((int(f[2]), int(f[3])))
+        else:
+            keep.append(e)
+    d.events = keep
+    return out
+
+
+def keys(r, prefix):
+    return {
+        "out": "%s:stream:out:%s" % (prefix, OGW),
+        "dead": "%s:stream:dead:out:%s" % (prefix, OGW),
+        "in": "%s:stream:in:%s" % (prefix, OGW),
+        "retry": "%s:retry:out:%s" % (prefix, OGW),
+    }
+
+
+def empty_out(r, prefix):
+    k = keys(r, prefix)
+    return (r.cli("XLEN", k["out"]).strip() == "0" and
+            r.cli("ZCARD", k["retry"]).strip() == "0")
+
+
+def check_outbound(r):
+    p = "o1"
+    k = keys(r, p)
+    d = out_driver(r, p)
+    try:
+        # push -> send -> ack with the receipt mapping, nothing for the user
+        d.ok("opush %s hello-out receipt" % OGW)
+        assert d.wait_event(lambda e: e.startswith("send hello-out 0 "), 5)
+        assert wait_until(lambda: empty_out(r, p))
+        m = json.loads(r.cli("GET", "%s:rcpt:%s:P-hello-out" % (p, OGW)))
+        assert m == {"jid": "alice@example.org/phone", "id": "hello-out",
+                     "contact": "+15551234567@" + OGW, "receipt": True}, m
+        ttl = int(r.cli("TTL", "%s:rcpt:%s:P-hello-out" % (p, OGW)))
+        assert 6 * 86400 < ttl <= 7 * 86400, ttl
+        assert r.cli("XPENDING", k["out"], "postern").split()[0] == "0"
+
+        # Retry-After: the provider's 2 s beat the 100 ms backoff
+        d.ok("omode ra 2")
+        d.ok("opush %s ra-out" % OGW)
+        assert wait_until(lambda: (d.drain_events(0.1) or True) and
+                          len([e for e in d.events
+                               if e.startswith("send ra-out ")]) >= 2, 8)
+        got = sends_of(d, "ra-out")
+        assert [a for a, _ in got] == [0, 1], got
+        gap = got[1][1] - got[0][1]
+        assert 1900 <= gap <= 4000, gap
+        assert wait_until(lambda: empty_out(r, p))
+
+        # permanent: an error notice for the sender now, no retry
+        d.ok("omode perm")
+        d.ok("opush %s perm-out" % OGW)
+        e = d.wait_event(lambda e: e.startswith("notice error"), 5)
+        assert e == ("notice error 6 perm-out alice@example.org/phone "
+                     "+15551234567@" + OGW), e
+        d.drain_events(1.0)
+        assert len(sends_of(d, "perm-out")) == 1
+        assert r.cli("XLEN", k["dead"]).strip() == "0"
+        assert wait_until(lambda: empty_out(r, p))
+        # the notice was acknowledged by its delivery
+        assert wait_until(lambda: r.cli("XLEN", k["in"]).strip() == "0")
+    finally:
+        d.close()
+
+
+def check_flaky_counts(r):
+    p = "o2"
+    d = out_driver(r, p)
+    try:
+        d.ok("omode flaky 2")
+        d.ok("opush %s count-out" % OGW)
+        assert wait_until(lambda: (d.drain_events(0.1) or True) and
+                          r.cli("EXISTS", "%s:rcpt:%s:P-count-out" %
+                                (p, OGW)).strip() == "1", 10)
+        d.drain_events(1.5)
+        got = sends_of(d, "count-out")
+        # two failures, then exactly one success
+        assert [a for a, _ in got] == [0, 1, 2], got
+        # capped exponential backoff with jitter: [base/2, base], then
+        # [base, 2 base] (base 100 ms), plus the 500 ms mover period
+        assert 50 <= got[1][1] - got[0][1] <= 800, got
+        assert 100 <= got[2][1] - got[1][1] <= 900, got
+        assert wait_until(lambda: empty_out(r, p))
+    finally:
+        d.close()
+
+
+def check_max_age(r):
+    p = "o3"
+    k = keys(r, p)
+    d = out_driver(r, p, max_age=2, base=200, cap=400)
+    try:
+        d.ok("omode temp")
+        d.ok("opush %s old-out" % OGW)
+        e = d.wait_event(lambda e: e.startswith("notice error"), 8)
+        # remote-server-timeout (14) to the sender, original id
+        assert e == ("notice error 14 old-out alice@example.org/phone "
+                     "+15551234567@" + OGW), e
+        d.drain_events(1.0)
+        got = sends_of(d, "old-out")
+        assert len(got) >= 3, got
+        assert [a for a, _ in got] == list(range(len(got))), got
+        assert r.cli("XLEN", k["dead"]).strip() == "1"
+        dead = r.cli("XRANGE", k["dead"], "-", "+").split("\n")
+        payload = json.loads([x for x in dead if x.startswith("{")][0])
+        assert payload["last_error"] == "HTTP 503", payload
+        assert payload["body"] == "old-out"
+        assert wait_until(lambda: empty_out(r, p))
+        # and nothing more is sent
+        d.drain_events(1.0)
+        assert sends_of(d, "old-out") == []
+    finally:
+        d.close()
+
+
+def check_reclaim(r):
+    p = "o4"
+    k = keys(r, p)
+    # a process dies with a send in flight: another one takes it over
+    d1 = out_driver(r, p, consumer="c1", claim=1500)
+    d1.ok("omode hold")
+    d1.ok("opush %s orphan-out" % OGW)
+    assert d1.wait_event(lambda e: e.startswith("send orphan-out 0 "), 5)
+    d1.proc.kill()
+    d1.proc.wait()
+    d2 = out_driver(r, p, consumer="c2", claim=1500)
+    try:
+        assert d2.wait_event(lambda e: e.startswith("send orphan-out "), 8)
+        d2.drain_events(1.0)
+        assert sends_of(d2, "orphan-out") == []
+        assert wait_until(lambda: empty_out(r, p))
+        assert r.cli("XPENDING", k["out"], "postern").split()[0] == "0"
+
+        # a live process keeps a long send: no reclaim while it refreshes
+        d3 = out_driver(r, p, consumer="c3", claim=1500)
+        try:
+            d2.ok("qstop")  # only d3 reads new entries
+            d3.ok("omode hold")
+            d3.ok("opush %s long-out" % OGW)
+            assert d3.wait_event(lambda e: e.startswith("send long-out 0"), 5)
+            d2.drain_events(4.0)   # > 2x the claim idle
+            assert sends_of(d2, "long-out") == []
+            d3.ok("orelease ok")
+            assert wait_until(lambda: empty_out(r, p))
+            d3.drain_events(0.5)
+            assert sends_of(d3, "long-out") == []
+        finally:
+            d3.close()
+    finally:
+        d2.close()
+
+
+def check_two_consumers(r):
+    p = "o5"
+    n = 60
+    a = out_driver(r, p, consumer="a", conc=4)
+    b = out_driver(r, p, consumer="b", conc=4)
+    try:
+        for d in (a, b):
+            d.ok("omode flaky 1")
+        for i in range(n):
+            (a if i % 2 else b).ok("opush %s m%d-out" % (OGW, i))
+        assert wait_until(lambda: (a.drain_events(0.05) or True) and
+                          (b.drain_events(0.05) or True) and
+                          empty_out(r, p) and
+                          r.cli("XPENDING", keys(r, p)["out"],
+                                "postern").split()[0] == "0", 30)
+        a.drain_events(1.0)
+        b.drain_events(1.0)
+        total = 0
+        for i in range(n):
+            body = "m%d-out" % i
+            got = sends_of(a, body) + sends_of(b, body)
+            # one failure then one success, never a send twice
+            assert sorted(x for x, _ in got) == [0, 1], (body, got)
+            total += len(got)
+        assert total == 2 * n
+        both = [len([e for e in d.events if e.startswith("send")])
+                for d in (a, b)]
+        assert both == [0, 0], both
+        rc = r.cli("KEYS", "%s:rcpt:*" % p).split()
+        assert len(rc) == n, len(rc)
+    finally:
+        a.close()
+        b.close()
+
+
 def main():
     with Redis() as r:
+        check_outbound(r)
+        check_flaky_counts(r)
+        check_max_age(r)
+        check_reclaim(r)
+        check_two_consumers(r)
         d = Driver(r.url(), timeout_ms=1000)
         try:
             assert d.cmd("wait_up 5000") == "up"

@@ -1,0 +1,701 @@
+/*
+ * mime: see mime.h. Owns every use of GMime: building outbound messages
+ * and reading inbound ones. Header safety is decided here, before GMime
+ * sees any input: addresses and message ids are validated and refused when
+ * they carry anything unexpected; free text (subject, display name) has
+ * its control characters turned into spaces, so no caller input can ever
+ * start a header line. GMime then does the encoding (RFC 2047 words,
+ * quoted-printable, folding, CRLF output).
+ *
+ * Parsing bounds its work (input size, nesting depth, references kept)
+ * and returns only clean UTF-8 text. It must never write MIME by hand,
+ * never trust a charset label to be valid, never recurse without a depth
+ * bound, and never log message contents above debug.
+ */
+#include <ctype.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <gmime/gmime.h>
+
+#include "addr.h"
+#include "html_text.h"
+#include "mime.h"
+#include "util.h"
+
+/* RFC 5322 caps lines at 998 octets; longer body lines need QP. */
+#define MAX_LINE 998
+/* A msg-id longer than this is refused (compose) or dropped (parse). */
+#define MAX_ID 250
+
+static bool mime_ready;
+
+void mime_global_init(void)
+{
+    if (mime_ready)
+        return;
+    g_mime_init();
+    html_text_init();
+    mime_ready = true;
+}
+
+void mime_global_cleanup(void)
+{
+    if (!mime_ready)
+        return;
+    g_mime_shutdown();
+    mime_ready = false;
+}
+
+/* ---- text hygiene ---- */
+
+/*
+ * Copies s into malloc'd, valid UTF-8: invalid bytes become U+FFFD, CRLF
+ * and lone CR become LF, controls other than tab/LF are dropped. With
+ * single_line, tab, LF, U+2028 and U+2029 become spaces and runs of spaces
+ * collapse, and the result is trimmed. Returned owned (free()).
+ */
+static char *clean_text(const char *s, size_t len, bool single_line)
+{
+    gchar *valid = g_utf8_make_valid(s, (gssize)len);
+    struct strbuf b;
+    const char *p = valid;
+
+    sb_init(&b);
+    while (*p) {
+        gunichar c = g_utf8_get_char(p);
+        const char *next = p + g_utf8_skip[*(const guchar *)p];
+        bool space = false;
+
+        if (c == '\r') {
+            if (*next == '\n')
+                next++;
+            c = '\n';
+        }
+        if (c == '\t' || c == '\n' || c == 0x2028 || c == 0x2029)
+            space = single_line;
+        else if (c < 0x20 || c == 0x7f || (c >= 0x80 && c <= 0x9f)) {
+            /* C0/C1 controls carry nothing a chat line can show */
+            if (single_line)
+                space = true;
+            else {
+                p = next;
+                continue;
+            }
+        }
+        if (space) {
+            if (b.len && b.s[b.len - 1] != ' ')
+                sb_putc(&b, ' ');
+        } else if (c == 0x2028 || c == 0x2029) {
+            sb_putc(&b, '\n');
+        } else {
+            sb_append(&b, p, (size_t)(next - p));
+        }
+        p = next;
+    }
+    g_free(valid);
+    if (single_line) {
+        while (b.len && b.s[b.len - 1] == ' ')
+            b.s[--b.len] = '\0';
+        if (b.len && b.s[0] == ' ') {
+            memmove(b.s, b.s + 1, b.len);
+            b.len--;
+        }
+    }
+    return sb_steal(&b);
+}
+
+/* A msg-id body (between < and >): printable ASCII, no space, no <>. */
+static bool msgid_ok(const char *s, size_t n)
+{
+    if (n == 0 || n > MAX_ID)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c <= 0x20 || c >= 0x7f || c == '<' || c == '>')
+            return false;
+    }
+    return true;
+}
+
+/* ---- compose ---- */
+
+/* The ids of a References value; -1 when one is unusable. */
+static int split_ids(const char *s, GPtrArray *ids)
+{
+    while (*s) {
+        const char *w;
+        size_t n;
+
+        if (*s == ' ' || *s == '\t') {
+            s++;
+            continue;
+        }
+        w = s;
+        while (*s && *s != ' ' && *s != '\t')
+            s++;
+        n = (size_t)(s - w);
+        /* tolerate ids that already carry their brackets */
+        if (n >= 2 && w[0] == '<' && w[n - 1] == '>') {
+            w++;
+            n -= 2;
+        }
+        if (!msgid_ok(w, n))
+            return -1;
+        g_ptr_array_add(ids, g_strdup_printf("<%.*s>", (int)n, w));
+    }
+    return 0;
+}
+
+static bool body_needs_qp(const char *body)
+{
+    size_t line = 0;
+
+    for (const unsigned char *p = (const unsigned char *)body; *p; p++) {
+        if (*p >= 0x80)
+            return true;
+        if (*p == '\n') {
+            line = 0;
+            continue;
+        }
+        if (++line > MAX_LINE)
+            return true;
+    }
+    return false;
+}
+
+/* Body as UTF-8 with LF line ends (GMime writes CRLF) and a final LF. */
+static char *normalize_body(const char *body)
+{
+    char *t = clean_text(body, strlen(body), false);
+    size_t n = strlen(t);
+
+    if (n == 0 || t[n - 1] != '\n') {
+        t = xrealloc(t, n + 2);
+        t[n] = '\n';
+        t[n + 1] = '\0';
+    }
+    return t;
+}
+
+char *mime_compose(const struct mail_compose *c, size_t *len, char **msgid,
+                   struct error *err)
+{
+    char probe[EMAIL_MAX + 2], hex[33];
+    GMimeMessage *m = NULL;
+    GMimeTextPart *part = NULL;
+    GMimeFormatOptions *fo = NULL;
+    GPtrArray *refs = NULL;
+    InternetAddress *ia;
+    char *name = NULL, *subject = NULL, *body = NULL, *id = NULL;
+    char *res = NULL;
+
+    *len = 0;
+    *msgid = NULL;
+    mime_global_init();
+    if (!c->from || !email_valid(c->from)) {
+        error_set(err, COND_JID_MALFORMED, false,
+                  "mime: the sender address is not a valid address");
+        goto out;
+    }
+    if (!c->to || !email_valid(c->to)) {
+        error_set(err, COND_JID_MALFORMED, false,
+                  "mime: the recipient address is not a valid address");
+        goto out;
+    }
+    if (!c->msgid_domain ||
+        snprintf(probe, sizeof(probe), "x@%s", c->msgid_domain) >=
+            (int)sizeof(probe) ||
+        !email_valid(probe)) {
+        error_set(err, COND_INTERNAL_SERVER_ERROR, false,
+                  "mime: the Message-ID domain is not a domain");
+        goto out;
+    }
+    if (c->in_reply_to && *c->in_reply_to &&
+        !msgid_ok(c->in_reply_to, strlen(c->in_reply_to))) {
+        error_set(err, COND_BAD_REQUEST, false,
+                  "mime: In-Reply-To is not a usable message id");
+        goto out;
+    }
+    refs = g_ptr_array_new_with_free_func(g_free);
+    if (c->references && split_ids(c->references, refs) != 0) {
+        error_set(err, COND_BAD_REQUEST, false,
+                  "mime: References holds an unusable message id");
+        goto out;
+    }
+    /* RFC 5322 3.6.4 lets a long chain be shortened: keep the first id
+     * (the thread's root) and the most recent ones. */
+    if (refs->len > MIME_MAX_REFERENCES)
+        g_ptr_array_remove_range(refs, 1, refs->len - MIME_MAX_REFERENCES);
+
+    m = g_mime_message_new(TRUE);
+
+    name = c->from_name ? clean_text(c->from_name, strlen(c->from_name), true)
+                        : NULL;
+    ia = internet_address_mailbox_new(name && *name ? name : NULL, c->from);
+    internet_address_set_charset(ia, "utf-8");
+    internet_address_list_add(g_mime_message_get_from(m), ia);
+    g_object_unref(ia);
+    ia = internet_address_mailbox_new(NULL, c->to);
+    internet_address_list_add(g_mime_message_get_to(m), ia);
+    g_object_unref(ia);
+
+    subject =
+        c->subject ? clean_text(c->subject, strlen(c->subject), true) : NULL;
+    if (subject && *subject)
+        g_mime_message_set_subject(m, subject, "utf-8");
+
+    GDateTime *now = g_date_time_new_now_utc();
+    g_mime_message_set_date(m, now);
+    g_date_time_unref(now);
+
+    random_hex(hex, 16); /* 128 bits */
+    id = xasprintf("%s@%s", hex, c->msgid_domain);
+    char *bracketed = xasprintf("<%s>", id);
+    g_mime_object_set_header(GMIME_OBJECT(m), "Message-ID", bracketed, NULL);
+    free(bracketed);
+
+    if (c->in_reply_to && *c->in_reply_to) {
+        char *v = xasprintf("<%s>", c->in_reply_to);
+        g_mime_object_set_header(GMIME_OBJECT(m), "In-Reply-To", v, NULL);
+        free(v);
+    }
+    if (refs->len) {
+        /* GMime folds References between ids. */
+        g_ptr_array_add(refs, NULL);
+        gchar *v = g_strjoinv(" ", (gchar **)refs->pdata);
+        g_mime_object_set_header(GMIME_OBJECT(m), "References", v, NULL);
+        g_free(v);
+    }
+
+    body = normalize_body(c->body ? c->body : "");
+    part = g_mime_text_part_new_with_subtype("plain");
+    {
+        /* Content set as bytes: g_mime_text_part_set_text would recode to
+         * the "best" charset (ISO-8859-1 for most Latin text). */
+        GMimeStream *s = g_mime_stream_mem_new_with_buffer(body, strlen(body));
+        GMimeDataWrapper *w =
+            g_mime_data_wrapper_new_with_stream(s, GMIME_CONTENT_ENCODING_DEFAULT);
+        g_mime_part_set_content(GMIME_PART(part), w);
+        g_object_unref(w);
+        g_object_unref(s);
+    }
+    g_mime_text_part_set_charset(part, "utf-8");
+    g_mime_part_set_content_encoding(GMIME_PART(part),
+                                     body_needs_qp(body)
+                                         ? GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE
+                                         : GMIME_CONTENT_ENCODING_7BIT);
+    g_mime_message_set_mime_part(m, GMIME_OBJECT(part));
+
+    fo = g_mime_format_options_new();
+    g_mime_format_options_set_newline_format(fo, GMIME_NEWLINE_FORMAT_DOS);
+    {
+        GMimeStream *s = g_mime_stream_mem_new();
+        GByteArray *bytes;
+
+        if (g_mime_object_write_to_stream(GMIME_OBJECT(m), fo, s) < 0) {
+            g_object_unref(s);
+            error_set(err, COND_INTERNAL_SERVER_ERROR, true,
+                      "mime: cannot render the message");
+            goto out;
+        }
+        bytes = g_mime_stream_mem_get_byte_array(GMIME_STREAM_MEM(s));
+        res = xmalloc(bytes->len + 1);
+        memcpy(res, bytes->data, bytes->len);
+        res[bytes->len] = '\0';
+        *len = bytes->len;
+        g_object_unref(s);
+    }
+    *msgid = id;
+    id = NULL;
+
+out:
+    if (fo)
+        g_mime_format_options_free(fo);
+    if (part)
+        g_object_unref(part);
+    if (m)
+        g_object_unref(m);
+    if (refs)
+        g_ptr_array_free(refs, TRUE);
+    free(name);
+    free(subject);
+    free(body);
+    free(id);
+    return res;
+}
+
+/* ---- parse ---- */
+
+struct walk {
+    GMimeObject *plain; /* first inline text/plain */
+    GMimeObject *html;  /* first inline text/html */
+    GPtrArray *atts;    /* struct mail_attachment * */
+    bool too_deep;
+};
+
+static char *lower_dup(const char *s)
+{
+    char *d = xstrdup(s);
+
+    for (char *p = d; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    return d;
+}
+
+static size_t decoded_size(GMimePart *part)
+{
+    GMimeDataWrapper *w = g_mime_part_get_content(part);
+    GMimeStream *null;
+    gint64 n;
+
+    if (!w)
+        return 0;
+    null = g_mime_stream_null_new();
+    n = g_mime_data_wrapper_write_to_stream(w, null);
+    g_object_unref(null);
+    return n > 0 ? (size_t)n : 0;
+}
+
+static size_t message_size(GMimeMessagePart *mp)
+{
+    GMimeMessage *inner = g_mime_message_part_get_message(mp);
+    GMimeStream *null;
+    gint64 n;
+
+    if (!inner)
+        return 0;
+    null = g_mime_stream_null_new();
+    n = g_mime_object_write_to_stream(GMIME_OBJECT(inner), NULL, null);
+    g_object_unref(null);
+    return n > 0 ? (size_t)n : 0;
+}
+
+static void add_attachment(struct walk *w, const char *name, size_t size,
+                           GMimeContentType *ct)
+{
+    struct mail_attachment *a = xcalloc(1, sizeof(*a));
+    char *type = ct ? g_mime_content_type_get_mime_type(ct) : NULL;
+
+    a->name = clean_text(name, strlen(name), true);
+    if (!*a->name) {
+        free(a->name);
+        a->name = xstrdup("unnamed");
+    }
+    a->size = size;
+    a->type = lower_dup(type ? type : "application/octet-stream");
+    g_free(type);
+    g_ptr_array_add(w->atts, a);
+}
+
+static bool is_signature(GMimeContentType *ct)
+{
+    return ct && (g_mime_content_type_is_type(ct, "application",
+                                              "pgp-signature") ||
+                  g_mime_content_type_is_type(ct, "application",
+                                              "pkcs7-signature") ||
+                  g_mime_content_type_is_type(ct, "application",
+                                              "x-pkcs7-signature"));
+}
+
+static void walk(struct walk *w, GMimeObject *obj, int depth)
+{
+    GMimeContentType *ct;
+
+    if (!obj || w->too_deep)
+        return;
+    if (depth > MIME_MAX_DEPTH) {
+        w->too_deep = true;
+        return;
+    }
+    ct = g_mime_object_get_content_type(obj);
+
+    if (GMIME_IS_MULTIPART(obj)) {
+        int n = g_mime_multipart_get_count(GMIME_MULTIPART(obj));
+        for (int i = 0; i < n && !w->too_deep; i++)
+            walk(w, g_mime_multipart_get_part(GMIME_MULTIPART(obj), i),
+                 depth + 1);
+        return;
+    }
+    if (GMIME_IS_MESSAGE_PART(obj)) {
+        /* A forwarded message is listed, not read as the body. */
+        GMimeMessagePart *mp = GMIME_MESSAGE_PART(obj);
+        GMimeMessage *inner = g_mime_message_part_get_message(mp);
+        GMimeContentDisposition *d =
+            g_mime_object_get_content_disposition(obj);
+        const char *name =
+            d ? g_mime_content_disposition_get_parameter(d, "filename")
+              : NULL;
+        if (!name && inner)
+            name = g_mime_message_get_subject(inner);
+        add_attachment(w, name && *name ? name : "forwarded message",
+                       message_size(mp), ct);
+        return;
+    }
+    if (!GMIME_IS_PART(obj))
+        return;
+
+    const char *disp = g_mime_object_get_disposition(obj);
+    const char *filename = g_mime_part_get_filename(GMIME_PART(obj));
+    bool attached = disp && strcasecmp(disp, "attachment") == 0;
+    bool plain = ct && g_mime_content_type_is_type(ct, "text", "plain");
+    bool html = ct && g_mime_content_type_is_type(ct, "text", "html");
+
+    if (!attached && !filename && GMIME_IS_TEXT_PART(obj) && (plain || html)) {
+        if (plain && !w->plain)
+            w->plain = obj;
+        else if (html && !w->html)
+            w->html = obj;
+        /* later inline text parts are alternatives of the chosen one */
+        return;
+    }
+    if (is_signature(ct))
+        return;
+    add_attachment(w, filename ? filename : "unnamed",
+                   decoded_size(GMIME_PART(obj)), ct);
+}
+
+/* A part's text as UTF-8, whatever its charset label says. */
+static char *part_text(GMimeObject *obj)
+{
+    GMimeTextPart *tp = GMIME_TEXT_PART(obj);
+    char *raw, *res;
+
+    /* GMime converts from the labelled charset; an unknown or missing
+     * label leaves the bytes as they are, and clean_text then replaces
+     * whatever is not UTF-8 with U+FFFD. */
+    raw = g_mime_text_part_get_text(tp);
+    if (!raw)
+        return xstrdup("");
+    res = clean_text(raw, strlen(raw), false);
+    g_free(raw);
+    return res;
+}
+
+static char *single_line_or_null(const char *s)
+{
+    char *c;
+
+    if (!s)
+        return NULL;
+    c = clean_text(s, strlen(s), true);
+    if (!*c) {
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+static char *id_or_null(const char *s)
+{
+    if (!s)
+        return NULL;
+    return msgid_ok(s, strlen(s)) ? xstrdup(s) : NULL;
+}
+
+static void parse_from(GMimeMessage *m, struct mail_parsed *out)
+{
+    InternetAddressList *l = g_mime_message_get_from(m);
+    InternetAddress *ia = NULL;
+
+    if (!l || internet_address_list_length(l) < 1)
+        return;
+    ia = internet_address_list_get_address(l, 0);
+    /* "From: Team: a@x;" names a group; its first member speaks. */
+    while (ia && INTERNET_ADDRESS_IS_GROUP(ia)) {
+        InternetAddressList *mem =
+            internet_address_group_get_members(INTERNET_ADDRESS_GROUP(ia));
+        ia = mem && internet_address_list_length(mem) > 0
+                 ? internet_address_list_get_address(mem, 0)
+                 : NULL;
+    }
+    if (!ia || !INTERNET_ADDRESS_IS_MAILBOX(ia))
+        return;
+    const char *addr =
+        internet_address_mailbox_get_addr(INTERNET_ADDRESS_MAILBOX(ia));
+    if (addr) {
+        char *a = xstrdup(addr);
+        char *at = strrchr(a, '@');
+        if (at)
+            for (char *p = at; *p; p++)
+                *p = (char)tolower((unsigned char)*p);
+        if (email_valid(a))
+            out->from_addr = a;
+        else
+            free(a);
+    }
+    out->from_name = single_line_or_null(internet_address_get_name(ia));
+}
+
+static void parse_ids(GMimeMessage *m, GMimeParserOptions *po,
+                      struct mail_parsed *out)
+{
+    const char *v;
+    GMimeReferences *r;
+
+    out->message_id = id_or_null(g_mime_message_get_message_id(m));
+
+    v = g_mime_object_get_header(GMIME_OBJECT(m), "In-Reply-To");
+    if (v && (r = g_mime_references_parse(po, v))) {
+        for (int i = 0; i < g_mime_references_length(r); i++) {
+            out->in_reply_to = id_or_null(g_mime_references_get_message_id(r, i));
+            if (out->in_reply_to)
+                break;
+        }
+        g_mime_references_free(r);
+    }
+
+    v = g_mime_object_get_header(GMIME_OBJECT(m), "References");
+    if (v && (r = g_mime_references_parse(po, v))) {
+        int n = g_mime_references_length(r);
+        /* Keep the root and the most recent ids of a very long chain. */
+        for (int i = 0; i < n; i++) {
+            char *id;
+            if (i > 0 && n > MIME_MAX_REFERENCES &&
+                i < n - (MIME_MAX_REFERENCES - 1))
+                continue;
+            id = id_or_null(g_mime_references_get_message_id(r, i));
+            if (!id)
+                continue;
+            out->references =
+                xrealloc(out->references,
+                         (out->n_references + 1) * sizeof(*out->references));
+            out->references[out->n_references++] = id;
+        }
+        g_mime_references_free(r);
+    }
+}
+
+int mime_parse(const char *data, size_t len, struct mail_parsed *out,
+               struct error *err)
+{
+    static const char *fallback[] = {"utf-8", "windows-1252", NULL};
+    GMimeParserOptions *po = NULL;
+    GMimeStream *stream = NULL;
+    GMimeParser *parser = NULL;
+    GMimeMessage *m = NULL;
+    struct walk w = {.plain = NULL};
+    int rc = -1;
+
+    memset(out, 0, sizeof(*out));
+    if (len > MIME_MAX_INPUT) {
+        error_set(err, COND_POLICY_VIOLATION, false,
+                  "mime: message of %zu bytes is above the limit of %u",
+                  len, MIME_MAX_INPUT);
+        return -1;
+    }
+    if (!data || len == 0) {
+        error_set(err, COND_BAD_REQUEST, false, "mime: empty message");
+        return -1;
+    }
+    mime_global_init();
+
+    po = g_mime_parser_options_new();
+    g_mime_parser_options_set_rfc2047_compliance_mode(po,
+                                                      GMIME_RFC_COMPLIANCE_LOOSE);
+    g_mime_parser_options_set_address_compliance_mode(
+        po, GMIME_RFC_COMPLIANCE_LOOSE);
+    g_mime_parser_options_set_parameter_compliance_mode(
+        po, GMIME_RFC_COMPLIANCE_LOOSE);
+    /* Raw 8-bit headers: UTF-8 when they are, else the usual Windows
+     * Latin charset senders meant. */
+    g_mime_parser_options_set_fallback_charsets(po, fallback);
+
+    /* One copy of the input; bounded by MIME_MAX_INPUT above. */
+    stream = g_mime_stream_mem_new_with_buffer(data, len);
+    parser = g_mime_parser_new_with_stream(stream);
+    g_mime_parser_set_format(parser, GMIME_FORMAT_MESSAGE);
+    m = g_mime_parser_construct_message(parser, po);
+    if (!m) {
+        error_set(err, COND_BAD_REQUEST, false,
+                  "mime: the data is not a mail message");
+        goto out;
+    }
+
+    w.atts = g_ptr_array_new();
+    walk(&w, g_mime_message_get_mime_part(m), 0);
+    if (w.too_deep) {
+        for (guint i = 0; i < w.atts->len; i++) {
+            struct mail_attachment *a = w.atts->pdata[i];
+            free(a->name);
+            free(a->type);
+            free(a);
+        }
+        error_set(err, COND_POLICY_VIOLATION, false,
+                  "mime: MIME nesting deeper than %d", MIME_MAX_DEPTH);
+        goto out;
+    }
+
+    parse_from(m, out);
+    out->subject = single_line_or_null(g_mime_message_get_subject(m));
+    parse_ids(m, po, out);
+
+    if (w.plain) {
+        out->text = part_text(w.plain);
+    } else if (w.html) {
+        char *html = part_text(w.html);
+        char *t = html_text_convert(html, strlen(html));
+        free(html);
+        out->text = clean_text(t, strlen(t), false);
+        free(t);
+    } else {
+        out->text = xstrdup("");
+    }
+    /* The newline before a boundary belongs to the boundary; trailing
+     * blank lines are noise in a chat message either way. */
+    {
+        size_t n = strlen(out->text);
+        while (n && (out->text[n - 1] == '\n' || out->text[n - 1] == ' ' ||
+                     out->text[n - 1] == '\t'))
+            out->text[--n] = '\0';
+    }
+
+    if (w.atts->len) {
+        out->attachments = xcalloc(w.atts->len, sizeof(*out->attachments));
+        for (guint i = 0; i < w.atts->len; i++) {
+            struct mail_attachment *a = w.atts->pdata[i];
+            out->attachments[i] = *a;
+            free(a);
+        }
+        out->n_attachments = w.atts->len;
+    }
+    rc = 0;
+
+out:
+    if (w.atts)
+        g_ptr_array_free(w.atts, TRUE);
+    if (m)
+        g_object_unref(m);
+    if (parser)
+        g_object_unref(parser);
+    if (stream)
+        g_object_unref(stream);
+    if (po)
+        g_mime_parser_options_free(po);
+    if (rc != 0)
+        mime_parsed_free(out);
+    return rc;
+}
+
+void mime_parsed_free(struct mail_parsed *m)
+{
+    if (!m)
+        return;
+    free(m->from_addr);
+    free(m->from_name);
+    free(m->subject);
+    free(m->text);
+    free(m->message_id);
+    free(m->in_reply_to);
+    for (size_t i = 0; i < m->n_references; i++)
+        free(m->references[i]);
+    free(m->references);
+    for (size_t i = 0; i < m->n_attachments; i++) {
+        free(m->attachments[i].name);
+        free(m->attachments[i].type);
+    }
+    free(m->attachments);
+    memset(m, 0, sizeof(*m));
+}
