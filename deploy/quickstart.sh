@@ -326,7 +326,7 @@ cat <<EOF
 
  1. Send an SMS: log in as alice@$DOMAIN with any XMPP client and send a
     message to $CONTACT@$GW, or from this machine:
-      python3 $ROOT/deploy/quickstart-client.py --port $C2S_PORT \\
+      $ROOT/deploy/quickstart-client.py --port $C2S_PORT \\
           alice@$DOMAIN '$ALICE_PW' $CONTACT@$GW "hello"
     (bob can register himself: send "register $NUMBER_SPARE" to $GW,
     or "help" for the commands.)

@@ -45,10 +45,10 @@ struct admin {
     char addr[ADDR_BUF];
     struct inmsg msg;
 
-    unsigned step;          /* queues: which count of the gateway */
-    const char *dead_op;    /* "list" | "retry" | "drop" */
-    char *dead_id;          /* one entry, or NULL for all */
-    char *cursor;           /* next XRANGE start */
+    unsigned step;             /* queues: which count of the gateway */
+    const char *dead_op;       /* "list" | "retry" | "drop" */
+    char *dead_id;             /* one entry, or NULL for all */
+    char *cursor;              /* next XRANGE start */
     struct store_entry *batch; /* owned copies */
     size_t n, pos;
     unsigned done_count;
@@ -193,7 +193,7 @@ static void queues_next(struct admin *a)
 {
     if (a->gw_index < a->cfg->n_gateways) {
         const char *gw = a->cfg->gateways[a->gw_index].jid;
-        char *name = a->step == 2 ? xasprintf("dead:out:%s", gw)
+        char *name = a->step == 2   ? xasprintf("dead:out:%s", gw)
                      : a->step == 3 ? xasprintf("in:%s", gw)
                                     : xasprintf("out:%s", gw);
         if (a->step == 1)
@@ -249,8 +249,7 @@ static void dead_print(const struct store_entry *e)
 static void dead_finish(struct admin *a)
 {
     if (strcmp(a->dead_op, "retry") == 0)
-        printf("requeued %u dead letter(s) on %s\n", a->done_count,
-               a->gw->jid);
+        printf("requeued %u dead letter(s) on %s\n", a->done_count, a->gw->jid);
     else if (strcmp(a->dead_op, "drop") == 0)
         printf("dropped %u dead letter(s) on %s\n", a->done_count, a->gw->jid);
     fflush(stdout);

@@ -59,8 +59,8 @@ size_t crypto_hmac(enum crypto_alg alg, const void *key, size_t key_len,
     if (!md || key_len > 0x7fffffff)
         return 0;
     /* HMAC() treats a NULL key as "reuse the previous one": never pass it */
-    if (!HMAC(md, key_len ? key : empty, (int)key_len,
-              msg_len ? msg : empty, msg_len, out, &n))
+    if (!HMAC(md, key_len ? key : empty, (int)key_len, msg_len ? msg : empty,
+              msg_len, out, &n))
         return 0;
     return n;
 }

@@ -65,21 +65,20 @@ struct app {
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: postern -c FILE [--check]\n"
-            "       postern admin -c FILE COMMAND ...  (see postern-admin "
-            "--help)\n"
-            "       postern --version | --help\n"
-            "\n"
-            "  -c, --config FILE  configuration file (libconfig syntax)\n"
-            "      --check        validate the configuration and exit:\n"
-            "                     0 valid, 1 invalid (problems on stderr)\n"
-            "  -V, --version      print the version\n"
-            "  -h, --help         this text\n"
-            "\n"
-            "Runs in the foreground and logs to stderr (or log.file).\n"
-            "SIGTERM/SIGINT drain and exit; SIGHUP reopens the log and\n"
-            "reloads per-gateway limits and allow-lists.\n");
+    fprintf(f, "usage: postern -c FILE [--check]\n"
+               "       postern admin -c FILE COMMAND ...  (see postern-admin "
+               "--help)\n"
+               "       postern --version | --help\n"
+               "\n"
+               "  -c, --config FILE  configuration file (libconfig syntax)\n"
+               "      --check        validate the configuration and exit:\n"
+               "                     0 valid, 1 invalid (problems on stderr)\n"
+               "  -V, --version      print the version\n"
+               "  -h, --help         this text\n"
+               "\n"
+               "Runs in the foreground and logs to stderr (or log.file).\n"
+               "SIGTERM/SIGINT drain and exit; SIGHUP reopens the log and\n"
+               "reloads per-gateway limits and allow-lists.\n");
 }
 
 /* ---- component <-> router glue ---- */
@@ -363,8 +362,7 @@ static int app_start(struct app *app, struct error *err)
     app->queue = queue_new(app->base, app->store, consumer);
     if (cfg->http.listen && *cfg->http.listen) {
         app->http = http_server_new(app->base, cfg->http.listen,
-                                    cfg->http.max_body, cfg->http.timeout,
-                                    err);
+                                    cfg->http.max_body, cfg->http.timeout, err);
         if (!app->http)
             return -1;
         http_server_route(app->http, "/healthz", on_healthz, app);
@@ -397,8 +395,8 @@ static int app_start(struct app *app, struct error *err)
         struct router_sink sink = {sink_send, sink_up, g};
         g->r = router_new(g->t, &sink, app->store);
         struct component_cbs cbs = {gw_on_stanza, gw_on_state, g};
-        g->c = component_new(app->base, cfg->xmpp.host, cfg->xmpp.port,
-                             gc->jid, gc->secret, &cbs, err);
+        g->c = component_new(app->base, cfg->xmpp.host, cfg->xmpp.port, gc->jid,
+                             gc->secret, &cbs, err);
         if (!g->c)
             return -1;
     }
@@ -466,8 +464,7 @@ int main(int argc, char **argv)
         }
     }
     if (optind < argc) {
-        fprintf(stderr, "postern: unexpected argument \"%s\"\n",
-                argv[optind]);
+        fprintf(stderr, "postern: unexpected argument \"%s\"\n", argv[optind]);
         usage(stderr);
         return 1;
     }

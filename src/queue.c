@@ -157,7 +157,8 @@ char *inmsg_to_json(const struct inmsg *m)
     }
     if (m->kind != INMSG_MESSAGE) {
         json_object_set_new(
-            o, "k", json_string(m->kind == INMSG_RECEIPT ? "receipt" : "error"));
+            o, "k",
+            json_string(m->kind == INMSG_RECEIPT ? "receipt" : "error"));
         set_opt(o, "jid", m->jid);
         set_opt(o, "contact", m->contact);
         set_opt(o, "ref", m->ref_id);
@@ -1110,8 +1111,8 @@ static void finish_done(const struct error *err, const char *value, void *arg)
         return;
     }
     if (err) {
-        uint64_t d = backoff_ms(j->finish_attempt, FINISH_BASE_MS,
-                                FINISH_CAP_MS);
+        uint64_t d =
+            backoff_ms(j->finish_attempt, FINISH_BASE_MS, FINISH_CAP_MS);
         if (j->finish_attempt < 20)
             j->finish_attempt++;
         /* kept (and its idle time refreshed): re-reading it would send
@@ -1184,8 +1185,8 @@ static void job_expire(struct ojob *j, const char *why)
     char text[160];
     unsigned hours = (o->c.max_age_s + 3599) / 3600;
 
-    log_notice(MOD, "out[%s]: %s not sent within %u s; dead letter (%s)",
-               o->gw, j->id, o->c.max_age_s, why);
+    log_notice(MOD, "out[%s]: %s not sent within %u s; dead letter (%s)", o->gw,
+               j->id, o->c.max_age_s, why);
     snprintf(text, sizeof(text),
              "Not sent: the provider could not be reached for %u hour%s "
              "(%.80s)",
@@ -1269,10 +1270,9 @@ static void out_send_done(void *arg, const struct error *err,
     log_info(MOD, "out[%s]: %s refused: %s", o->gw, j->id, err->msg);
     j->f.check_owner = true;
     j->f.notice_name = o->in;
-    j->notice = error_notice(&j->m,
-                             err->code != COND_NONE ? err->code
-                                                    : COND_NOT_ACCEPTABLE,
-                             false, err->msg[0] ? err->msg : "Not sent");
+    j->notice = error_notice(
+        &j->m, err->code != COND_NONE ? err->code : COND_NOT_ACCEPTABLE, false,
+        err->msg[0] ? err->msg : "Not sent");
     run_finish(j);
 }
 
@@ -1302,8 +1302,8 @@ static void job_start(struct qout *o, const struct store_entry *e)
         return;
     }
     j->have_msg = true;
-    if (wall_ms() >= (uint64_t)j->m.enqueued_at +
-                         (uint64_t)o->c.max_age_s * 1000u) {
+    if (wall_ms() >=
+        (uint64_t)j->m.enqueued_at + (uint64_t)o->c.max_age_s * 1000u) {
         job_expire(j, j->m.last_error ? j->m.last_error
                                       : "waited too long in the queue");
         return;
@@ -1346,8 +1346,7 @@ static void move_done(const struct error *err, const char *value, void *arg)
 
     o->moving = false;
     if (err && !q->freed)
-        log_warn(MOD, "out[%s]: cannot move due retries: %s", o->gw,
-                 err->msg);
+        log_warn(MOD, "out[%s]: cannot move due retries: %s", o->gw, err->msg);
     if (!err && moved > 0 && !q->freed) {
         log_debug(MOD, "out[%s]: %ld retries due", o->gw, moved);
         if (moved >= MOVE_BATCH)
@@ -1493,8 +1492,9 @@ static void opush_done(const struct error *err, const char *id, void *arg)
         uint64_t d = backoff_ms(p->attempt, PUSH_BASE_MS, PUSH_CAP_MS);
         if (p->attempt < 20)
             p->attempt++;
-        log_warn(MOD, "out[%s]: cannot persist a message (%s); retrying in %u "
-                      "ms",
+        log_warn(MOD,
+                 "out[%s]: cannot persist a message (%s); retrying in %u "
+                 "ms",
                  p->gw, err->msg, (unsigned)d);
         tv.tv_sec = (time_t)(d / 1000);
         tv.tv_usec = (suseconds_t)((d % 1000) * 1000);

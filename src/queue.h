@@ -55,7 +55,7 @@ struct inmsg {
     char *provider_id; /* provider message id, for dedupe; may be NULL */
     char *media[INMSG_MAX_MEDIA];
     size_t n_media;
-    char *extra;       /* free-form text appended (attachments list); NULL */
+    char *extra; /* free-form text appended (attachments list); NULL */
     /*
      * Notices (kind != INMSG_MESSAGE) go from contact to jid and need
      * neither address; body is the original body (errors, optional).
@@ -78,13 +78,13 @@ int inmsg_from_json(const char *json, struct inmsg *out, struct error *err);
 
 /* An outbound message as persisted (JSON in "out:<gw>"). */
 struct outmsg {
-    char *uid;        /* unique per message; push fills it when NULL */
-    char *from_jid;   /* the sender's full JID */
-    char *id;         /* stanza id; may be NULL */
-    char *to_jid;     /* contact JID as addressed */
-    char *from_addr;  /* the sender's registered number / address */
-    char *to_addr;    /* the contact's number / address */
-    char *body;       /* may be NULL when media only */
+    char *uid;       /* unique per message; push fills it when NULL */
+    char *from_jid;  /* the sender's full JID */
+    char *id;        /* stanza id; may be NULL */
+    char *to_jid;    /* contact JID as addressed */
+    char *from_addr; /* the sender's registered number / address */
+    char *to_addr;   /* the contact's number / address */
+    char *body;      /* may be NULL when media only */
     char *subject;
     char *thread;
     char *media[OUTMSG_MAX_MEDIA];
@@ -123,8 +123,8 @@ typedef void deliver_done_fn(enum deliver_result r, void *done_arg);
  * Called for each entry; must call done exactly once (may be synchronous).
  * m and its strings are borrowed until done is called.
  */
-typedef void deliver_fn(void *arg, const struct inmsg *m,
-                        deliver_done_fn *done, void *done_arg);
+typedef void deliver_fn(void *arg, const struct inmsg *m, deliver_done_fn *done,
+                        void *done_arg);
 /* true when the gateway can deliver now (its XMPP stream is up). */
 typedef bool ready_fn(void *arg);
 
@@ -159,8 +159,7 @@ struct outbound_conf {
  * by retry_cap_ms; else permanent.
  */
 typedef void outbound_done_fn(void *done_arg, const struct error *err,
-                              const char *provider_id,
-                              unsigned retry_after_ms);
+                              const char *provider_id, unsigned retry_after_ms);
 /*
  * Sends m; must call done exactly once (may be synchronous). m and its
  * strings are borrowed until done is called.

@@ -24,9 +24,9 @@
 
 #include "addr.h"
 #include "config.h"
+#include "limits.h"
 #include "log.h"
 #include "metrics.h"
-#include "ratelimit.h"
 #include "stanza.h"
 #include "store.h"
 #include "transport.h"
@@ -55,9 +55,9 @@ struct router {
     struct router_sink sink;
     struct store *store;
     struct queue *queue; /* t->host->queue */
-    const char *gw;  /* t->conf->jid */
-    const char *mod; /* t->module, the log prefix */
-    char *gw_name;   /* disco identity name */
+    const char *gw;      /* t->conf->jid */
+    const char *mod;     /* t->module, the log prefix */
+    char *gw_name;       /* disco identity name */
     const char *contact_type;
     struct feature_set gw_features;
     struct feature_set contact_features;
@@ -1239,8 +1239,9 @@ static char *dup_opt(const char *s)
 
 /*
  * ---- the outbound message path ----
- * owner lookup -> segment policy -> limits_check (rate limits, async,
- * may refuse with policy-violation) -> queue_outbound_push. Nothing is
+ * owner lookup -> segment count (transport op) -> limits_check (the
+ * "limits check": max_segments and rate limits, async, may refuse with
+ * policy-violation) -> queue_outbound_push. Nothing is
  * sent from here: the queue's consumer calls router_send later, and the
  * outcome (errors, receipts) comes back as notices through the inbound
  * queue. Success is silent.
@@ -1320,12 +1321,10 @@ static void on_msg_owner(const struct error *err, const char *value, void *arg)
     struct error e;
     struct msg m;
     unsigned segments = 1;
-    unsigned max;
 
     if (op_orphaned(op))
         return;
     r = op->r;
-    max = r->t->conf->limits.max_segments;
     if (err) {
         e = *err;
         fix_error(&e);
@@ -1341,17 +1340,9 @@ static void on_msg_owner(const struct error *err, const char *value, void *arg)
         build_msg(r, op, value, &m);
         if (r->t->ops->segments)
             segments = r->t->ops->segments(r->t, &m);
-        /* before the limits: a refused message must not use up quota */
-        if (max && segments > max) {
-            error_set(&e, COND_POLICY_VIOLATION, false,
-                      "Message too long: %u SMS segments, this gateway "
-                      "allows at most %u per message",
-                      segments, max);
-        } else {
-            limits_check(r->store, r->t->conf, op->bare, segments, on_limits,
-                         op);
-            return; /* on_limits finishes op */
-        }
+        /* limits_check also applies limits.max_segments */
+        limits_check(r->store, r->t->conf, op->bare, segments, on_limits, op);
+        return; /* on_limits finishes op */
     }
     reply_error(r, op->st, &e);
     op_free(op);
@@ -1618,16 +1609,15 @@ static void on_send_done(void *arg, const struct error *err,
     if (err) {
         e = *err;
         if (e.code == COND_NONE)
-            e.code = e.temporary ? COND_REMOTE_SERVER_TIMEOUT
-                                 : COND_NOT_ACCEPTABLE;
+            e.code =
+                e.temporary ? COND_REMOTE_SERVER_TIMEOUT : COND_NOT_ACCEPTABLE;
     }
     op_free(op);
     done(done_arg, err ? &e : NULL, provider_id,
          err && err->temporary ? err->retry_after_s * 1000u : 0);
 }
 
-static void on_send_owner(const struct error *err, const char *value,
-                          void *arg)
+static void on_send_owner(const struct error *err, const char *value, void *arg)
 {
     struct op *op = arg;
     struct router *r;
@@ -1648,8 +1638,8 @@ static void on_send_owner(const struct error *err, const char *value,
     } else if (!value || strcmp(value, om->from_addr) != 0) {
         /* SPEC 3: nothing is sent for a JID after it unregistered */
         error_set(&e, COND_REGISTRATION_REQUIRED, false,
-                  "Not sent: you are no longer registered with %s as %s",
-                  r->gw, om->from_addr);
+                  "Not sent: you are no longer registered with %s as %s", r->gw,
+                  om->from_addr);
     } else {
         memset(&m, 0, sizeof(m));
         m.gw = r->gw;
@@ -1667,8 +1657,8 @@ static void on_send_owner(const struct error *err, const char *value,
         if (r->t->ops->send(r->t, &m, on_send_done, op, &e) == 0)
             return; /* on_send_done finishes op */
         if (e.code == COND_NONE)
-            e.code = e.temporary ? COND_REMOTE_SERVER_TIMEOUT
-                                 : COND_NOT_ACCEPTABLE;
+            e.code =
+                e.temporary ? COND_REMOTE_SERVER_TIMEOUT : COND_NOT_ACCEPTABLE;
     }
     if (!e.msg[0])
         snprintf(e.msg, sizeof(e.msg), "%s", "Not sent");

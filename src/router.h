@@ -45,8 +45,8 @@ void router_on_stanza(void *router, const struct xnode *n);
 void router_on_state(void *router, bool up);
 
 /* queue deliver_fn / ready_fn for the gateway's inbound stream. */
-void router_deliver(void *router, const struct inmsg *m,
-                    deliver_done_fn *done, void *done_arg);
+void router_deliver(void *router, const struct inmsg *m, deliver_done_fn *done,
+                    void *done_arg);
 bool router_ready(void *router);
 
 /*

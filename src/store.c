@@ -1404,8 +1404,8 @@ void store_stream_del(struct store *s, const char *name, const char *id,
     free(k);
 }
 
-void store_receipt_get(struct store *s, const char *gw,
-                       const char *provider_id, store_str_fn *fn, void *arg)
+void store_receipt_get(struct store *s, const char *gw, const char *provider_id,
+                       store_str_fn *fn, void *arg)
 {
     char *k = rcpt_key(s, gw, provider_id);
     const char *argv[] = {"GET", k};
@@ -1594,8 +1594,11 @@ void store_sms_concat_add(struct store *s, const char *gw, const char *ref,
     snprintf(p, sizeof(p), "%u", part);
     snprintf(n, sizeof(n), "%u", total);
     snprintf(ttl, sizeof(ttl), "%u", ttl_s ? ttl_s : 1);
-    const char *argv[] = {"EVAL", sms_concat_add_lua, "1", k, p, n, text,
-                          provider_id ? provider_id : "", ttl};
+    const char *argv[] = {"EVAL", sms_concat_add_lua,
+                          "1",    k,
+                          p,      n,
+                          text,   provider_id ? provider_id : "",
+                          ttl};
     cmd_send(s, new_list(s, finish_keys, fn, arg), 9, argv);
     free(k);
 }

@@ -36,8 +36,8 @@ struct store;
 typedef void store_done_fn(const struct error *err, void *arg);
 typedef void store_str_fn(const struct error *err, const char *value,
                           void *arg);
-typedef void store_list_fn(const struct error *err, size_t n,
-                           char *const *keys, char *const *values, void *arg);
+typedef void store_list_fn(const struct error *err, size_t n, char *const *keys,
+                           char *const *values, void *arg);
 typedef void store_state_fn(bool up, void *arg);
 
 /*
@@ -79,16 +79,16 @@ void store_reg_list(struct store *s, const char *gw, store_list_fn *fn,
 /* Contacts a user subscribed to (values NULL in the list callback). */
 void store_contact_add(struct store *s, const char *gw, const char *bare_jid,
                        const char *contact_node, store_done_fn *fn, void *arg);
-void store_contact_remove(struct store *s, const char *gw,
-                          const char *bare_jid, const char *contact_node,
-                          store_done_fn *fn, void *arg);
+void store_contact_remove(struct store *s, const char *gw, const char *bare_jid,
+                          const char *contact_node, store_done_fn *fn,
+                          void *arg);
 void store_contact_list(struct store *s, const char *gw, const char *bare_jid,
                         store_list_fn *fn, void *arg);
 
 /* Durable streams (Redis Streams with one consumer group per stream). */
 struct store_entry {
-    char *id;          /* stream entry id */
-    char *payload;     /* the "p" field */
+    char *id;            /* stream entry id */
+    char *payload;       /* the "p" field */
     unsigned deliveries; /* times delivered to a consumer (1 = first) */
 };
 typedef void store_entries_fn(const struct error *err,
@@ -138,15 +138,15 @@ struct store_finish {
     /* only when id is still pending on this consumer: else nothing at all
      * happens and value is "0" (another process took the entry over) */
     bool check_owner;
-    const char *receipt_gw;    /* SET <prefix>:rcpt:<gw>:<id> value EX ttl */
+    const char *receipt_gw; /* SET <prefix>:rcpt:<gw>:<id> value EX ttl */
     const char *receipt_id;
     const char *receipt_value;
     unsigned receipt_ttl_s;
     const char *retry_payload; /* ZADD <prefix>:retry:<name> due payload */
     uint64_t retry_due_ms;
-    const char *dead_name;     /* XADD stream dead_name p dead_payload */
+    const char *dead_name; /* XADD stream dead_name p dead_payload */
     const char *dead_payload;
-    const char *notice_name;   /* XADD stream notice_name p notice_payload */
+    const char *notice_name; /* XADD stream notice_name p notice_payload */
     const char *notice_payload;
 };
 /*
@@ -189,8 +189,8 @@ void store_stream_move(struct store *s, const char *from, const char *id,
 void store_stream_del(struct store *s, const char *name, const char *id,
                       store_str_fn *fn, void *arg);
 /* GET <prefix>:rcpt:<gw>:<provider_id>; value NULL when unknown/expired. */
-void store_receipt_get(struct store *s, const char *gw,
-                       const char *provider_id, store_str_fn *fn, void *arg);
+void store_receipt_get(struct store *s, const char *gw, const char *provider_id,
+                       store_str_fn *fn, void *arg);
 
 /* ---- limits ---- */
 /* Rate-limit counters and queue depths (limits.c, metrics.c). */

@@ -24,6 +24,9 @@ Options:
   --fail STEP:CODE:TEXT:N
                     answer CODE TEXT at STEP (mail, rcpt, data) for the
                     next N times (N = 0: always); repeatable
+  --reject STEP:ADDR:CODE:TEXT
+                    answer CODE TEXT at STEP (rcpt, data) whenever the
+                    recipient is ADDR; repeatable
   --latency STEP:SECONDS
                     sleep before answering STEP (mail, rcpt, data)
   --stall           accept connections and never say anything (for
@@ -32,6 +35,7 @@ Options:
 Control on stdin, one command per line, each answered "OK" (or "ERR ...")
 on stdout:
   fail STEP CODE N TEXT...     like --fail
+  reject STEP ADDR CODE TEXT...  like --reject
   latency STEP SECONDS         like --latency (0 clears)
   clear                        forget every fault and latency
 """
@@ -44,6 +48,8 @@ import ssl
 import subprocess
 import sys
 import threading
+
+from asyncio import sslproto
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
@@ -59,6 +65,18 @@ class Faults:
         with self.lock:
             self.fail = {s: [] for s in STEPS}  # list of [reply, remaining]
             self.latency = {s: 0.0 for s in STEPS}
+            self.reject = {s: {} for s in STEPS}  # addr -> reply
+
+    def add_reject(self, step, addr, code, text):
+        with self.lock:
+            self.reject[step][addr] = "%d %s" % (code, text)
+
+    def rejected(self, step, addrs):
+        with self.lock:
+            for a in addrs:
+                if a in self.reject[step]:
+                    return self.reject[step][a]
+            return None
 
     def add_fail(self, step, code, text, n):
         with self.lock:
@@ -94,11 +112,11 @@ class Handler:
             session.sink_id = self.sessions
         return session.sink_id
 
-    async def step(self, name):
+    async def step(self, name, addrs=()):
         reply, delay = self.faults.take(name)
         if delay:
             await asyncio.sleep(delay)
-        return reply
+        return reply or self.faults.rejected(name, addrs)
 
     async def handle_MAIL(self, server, session, envelope, address,
                           mail_options):
@@ -112,7 +130,7 @@ class Handler:
 
     async def handle_RCPT(self, server, session, envelope, address,
                           rcpt_options):
-        reply = await self.step("rcpt")
+        reply = await self.step("rcpt", [address])
         if reply:
             return reply
         envelope.rcpt_tos.append(address)
@@ -120,7 +138,7 @@ class Handler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
-        reply = await self.step("data")
+        reply = await self.step("data", envelope.rcpt_tos)
         if reply:
             return reply
         login = session.login_data
@@ -141,6 +159,29 @@ class Handler:
         return "250 2.0.0 Ok: queued"
 
 
+class SinkSMTP(SMTP):
+    """aiosmtpd 1.4.3 answers STARTTLS with 220 and only then swaps in the
+    TLS protocol; a client quick enough sends its ClientHello in between,
+    the plain reader swallows it and the handshake hangs. Reading is paused
+    across the swap so those bytes wait in the socket for the TLS layer."""
+
+    async def smtp_STARTTLS(self, arg):
+        if arg or not self.tls_context or self._tls_protocol:
+            return await super().smtp_STARTTLS(arg)
+        raw = self.transport
+        raw.pause_reading()
+        await self.push("220 Ready to start TLS")
+        waiter = self.loop.create_future()
+        self._tls_protocol = sslproto.SSLProtocol(
+            self.loop, self, self.tls_context, waiter, server_side=True)
+        self._original_transport = raw
+        raw.set_protocol(self._tls_protocol)
+        self.transport = self._tls_protocol._app_transport
+        self._tls_protocol.connection_made(raw)
+        raw.resume_reading()
+        await waiter
+
+
 def make_cert(d, ip_san):
     os.makedirs(d, exist_ok=True)
     cert = os.path.join(d, "sink-cert.pem")
@@ -157,7 +198,8 @@ def make_cert(d, ip_san):
 
 
 def parse_fail(spec):
-    step, code, text, n = spec.split(":", 3)
+    step, code, rest = spec.split(":", 2)
+    text, n = rest.rsplit(":", 1)
     if step not in STEPS:
         raise ValueError("bad step " + step)
     return step, int(code), text, int(n)
@@ -174,6 +216,11 @@ def control_thread(loop, faults):
                 if step not in STEPS:
                     raise ValueError("bad step")
                 faults.add_fail(step, code, " ".join(words[4:]), n)
+            elif words[0] == "reject":
+                if words[1] not in STEPS:
+                    raise ValueError("bad step")
+                faults.add_reject(words[1], words[2], int(words[3]),
+                                  " ".join(words[4:]))
             elif words[0] == "latency":
                 if words[1] not in STEPS:
                     raise ValueError("bad step")
@@ -205,6 +252,7 @@ def main():
     ap.add_argument("--auth")
     ap.add_argument("--auth-mechs", default="PLAIN,LOGIN")
     ap.add_argument("--fail", action="append", default=[])
+    ap.add_argument("--reject", action="append", default=[])
     ap.add_argument("--latency", action="append", default=[])
     ap.add_argument("--stall", action="store_true")
     args = ap.parse_args()
@@ -214,6 +262,9 @@ def main():
     faults = Faults()
     for spec in args.fail:
         faults.add_fail(*parse_fail(spec))
+    for spec in args.reject:
+        step, addr, code, text = spec.split(":", 3)
+        faults.add_reject(step, addr, int(code), text)
     for spec in args.latency:
         step, secs = spec.split(":", 1)
         faults.set_latency(step, float(secs))
@@ -240,7 +291,10 @@ def main():
                 ok = (isinstance(data, LoginPassword)
                       and data.login == user.encode()
                       and data.password == password.encode())
-                return AuthResult(success=ok, auth_data=data)
+                if ok:
+                    return AuthResult(success=True, auth_data=data)
+                # handled=False: aiosmtpd then answers 535 5.7.8 itself
+                return AuthResult(success=False, handled=False)
 
             kw["authenticator"] = authenticator
             kw["auth_required"] = True
@@ -248,7 +302,7 @@ def main():
                 m for m in ("PLAIN", "LOGIN") if m not in offered]
 
         def factory():
-            return SMTP(handler, loop=loop, **kw)
+            return SinkSMTP(handler, loop=loop, **kw)
 
         server = loop.run_until_complete(
             loop.create_server(factory, "127.0.0.1", args.port))

@@ -41,8 +41,9 @@ static void test_hmac_vonage_vectors(void **state)
                              "0d455bbaffae1cd24");
     hexdigest_hmac(CRYPTO_SHA512, "secret", s, hex);
     assert_string_equal(
-        hex, "812a18f76680fa0fe1b8bd9ee1625466ceb1bd96242e4d050d2cfd9a7b40166c"
-             "63ed26ec9702168781b6edcf1633db8ff95af9341701004eec3fcf9550572ee8");
+        hex,
+        "812a18f76680fa0fe1b8bd9ee1625466ceb1bd96242e4d050d2cfd9a7b40166c"
+        "63ed26ec9702168781b6edcf1633db8ff95af9341701004eec3fcf9550572ee8");
 }
 
 static void test_hmac_twilio_t1(void **state)
@@ -159,10 +160,10 @@ static void test_base64(void **state)
     /* does not fit */
     assert_int_equal(crypto_base64_decode("YWJj", out, 2), -1);
     /* the Telnyx public key of T11: exactly 32 bytes */
-    assert_int_equal(crypto_base64_decode(
-                         "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=", out,
-                         sizeof(out)),
-                     32);
+    assert_int_equal(
+        crypto_base64_decode(
+            "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=", out, sizeof(out)),
+        32);
     assert_int_equal(out[0], 0xd7);
 }
 

@@ -170,7 +170,12 @@ static void out_clear(void)
 
 /* ---- fake transport ------------------------------------------------------ */
 
-enum send_mode { SEND_OK, SEND_FAIL_NOW, SEND_FAIL_LATER };
+enum send_mode {
+    SEND_OK,
+    SEND_FAIL_NOW,   /* send() returns -1, temporary */
+    SEND_FAIL_LATER, /* done with a permanent item-not-found */
+    SEND_TEMP_ONCE,  /* done with a temporary error once, then OK */
+};
 
 static enum send_mode send_mode;
 static struct event_base *base;
@@ -256,18 +261,25 @@ static int fake_claim(const struct transport *t, const char *typed, char *o,
 struct pending_send {
     send_done_fn *done;
     void *arg;
-    bool fail;
+    int fail; /* 0 no, 1 permanent, 2 temporary */
+    size_t seq;
 };
 
 static void send_later(evutil_socket_t fd, short what, void *arg)
 {
     struct pending_send *p = arg;
     struct error err;
+    char pid[16];
 
     (void)fd;
     (void)what;
-    error_set(&err, COND_ITEM_NOT_FOUND, false, "provider says no");
-    p->done(p->arg, p->fail ? &err : NULL, p->fail ? NULL : "SM1");
+    /* provider ids SM1, SM2, ... in the order of the sends */
+    snprintf(pid, sizeof(pid), "SM%zu", p->seq);
+    if (p->fail == 1)
+        error_set(&err, COND_ITEM_NOT_FOUND, false, "provider says no");
+    else
+        error_set(&err, COND_REMOTE_SERVER_TIMEOUT, true, "HTTP 503");
+    p->done(p->arg, p->fail ? &err : NULL, p->fail ? NULL : pid);
     free(p);
 }
 
@@ -296,7 +308,12 @@ static int fake_send(struct transport *t, const struct msg *m,
     struct pending_send *p = xcalloc(1, sizeof(*p));
     p->done = done;
     p->arg = arg;
-    p->fail = send_mode == SEND_FAIL_LATER;
+    p->seq = n_sent - 1;
+    p->fail = send_mode == SEND_FAIL_LATER ? 1 : 0;
+    if (send_mode == SEND_TEMP_ONCE) {
+        p->fail = 2;
+        send_mode = SEND_OK;
+    }
     event_base_once(base, -1, EV_TIMEOUT, send_later, p, NULL);
     return 0;
 }
@@ -330,15 +347,18 @@ static struct gateway_conf conf = {
     .allowed_domains = {allowed_v, 1},
     .numbers = {numbers_v, 2},
 };
+static struct transport_host host;
 static struct transport transport = {
     .ops = &fake_ops,
     .conf = &conf,
+    .host = &host,
     .module = "sms[" GW "]",
 };
 
 /* ---- fixture ------------------------------------------------------------- */
 
 static struct store *store;
+static struct queue *queue;
 static struct router *router;
 
 static void tick(evutil_socket_t fd, short what, void *arg)
@@ -348,14 +368,36 @@ static void tick(evutil_socket_t fd, short what, void *arg)
     (void)arg;
 }
 
-/* Runs the loop until the router has nothing in flight. */
+/* Runs the loop until the router and the queue have nothing in flight. */
 static void settle(void)
 {
     uint64_t deadline = now_ms() + 5000;
 
-    while (router_inflight(router) > 0 && now_ms() < deadline)
+    while (
+        (router_inflight(router) > 0 || (queue && queue_inflight(queue) > 0)) &&
+        now_ms() < deadline)
         event_base_loop(base, EVLOOP_ONCE);
     assert_int_equal(router_inflight(router), 0);
+}
+
+/* Runs the loop until *n reaches want (queue work is polled). */
+static void wait_count(const size_t *n, size_t want)
+{
+    uint64_t deadline = now_ms() + 5000;
+
+    while (*n < want && now_ms() < deadline)
+        event_base_loop(base, EVLOOP_ONCE);
+    assert_int_equal(*n, want);
+    settle();
+}
+
+/* Runs the loop for ms (to see that nothing more happens). */
+static void run_for(unsigned ms)
+{
+    uint64_t deadline = now_ms() + ms;
+
+    while (now_ms() < deadline)
+        event_base_loop(base, EVLOOP_ONCE);
 }
 
 static void connect_store(void)
@@ -386,9 +428,18 @@ static int setup_common(bool with_store)
     event_add(ticker, &tv);
     sink_up = true;
     send_mode = SEND_OK;
-    if (with_store)
+    host.queue = NULL;
+    if (with_store) {
         connect_store();
+        queue = queue_new(base, store, "test");
+        host.queue = queue;
+    }
     router = router_new(&transport, &sink, store);
+    if (queue) {
+        struct outbound_conf oc = {.retry_base_ms = 50, .retry_cap_ms = 100};
+        queue_inbound_register(queue, GW, router_deliver, router_ready, router);
+        queue_outbound_register(queue, GW, &oc, router_send, router);
+    }
     return 0;
 }
 
@@ -411,6 +462,9 @@ static int teardown(void **state)
     (void)state;
     if (router)
         settle();
+    if (queue)
+        queue_free(queue);
+    queue = NULL;
     router_free(router);
     router = NULL;
     if (store)
@@ -974,8 +1028,9 @@ static void test_send_message(void **state)
     xnode_add_text(m, "thread", "th1");
     xnode_add_ns(m, "request", NS_RECEIPTS);
     feed(m);
+    /* persisted first; the queue's consumer sends it a moment later */
+    wait_count(&n_sent, 1);
     assert_int_equal(n_out, 0); /* success: no reply, receipts come later */
-    assert_int_equal(n_sent, 1);
     assert_string_equal(sent[0].from_jid, ALICE);
     assert_string_equal(sent[0].from_addr, NUM1);
     assert_string_equal(sent[0].to_jid, CONTACT);
@@ -993,35 +1048,169 @@ static void test_send_message(void **state)
     xnode_add_text(xnode_add_ns(m, "x", NS_OOB), "url",
                    "https://up.example.org/a.jpg");
     feed(m);
-    assert_int_equal(n_sent, 2);
+    wait_count(&n_sent, 2);
     assert_null(sent[1].body);
     assert_false(sent[1].receipt);
     assert_int_equal(sent[1].n_media, 1);
     assert_string_equal(sent[1].media[0], "https://up.example.org/a.jpg");
 
-    send_mode = SEND_FAIL_NOW;
-    send_chat(ALICE, CONTACT, "too fast");
-    assert_int_equal(n_out, 1);
-    assert_error(out[0], "c1", "policy-violation", "wait");
-    assert_attr(out[0], "from", CONTACT);
-    assert_attr(out[0], "to", ALICE);
+    /* A temporary failure is retried; the user hears nothing. */
+    send_mode = SEND_TEMP_ONCE;
+    send_chat(ALICE, CONTACT, "flaky");
+    wait_count(&n_sent, 4);
+    assert_string_equal(sent[2].body, "flaky");
+    assert_string_equal(sent[3].body, "flaky");
+    run_for(300);
+    assert_int_equal(n_sent, 4);
+    assert_int_equal(n_out, 0);
 
+    /* A permanent failure comes back later as an error stanza. */
     send_mode = SEND_FAIL_LATER;
     send_chat(ALICE, CONTACT, "nobody home");
-    assert_int_equal(n_out, 2);
-    assert_error(out[1], "c1", "item-not-found", "cancel");
-    assert_attr(out[1], "from", CONTACT);
-    assert_attr(out[1], "to", ALICE);
-    assert_string_equal(xnode_child_text(out[1], "body", NULL), "nobody home");
+    wait_count(&n_out, 1);
+    assert_int_equal(n_sent, 5);
+    assert_error(out[0], "c1", "item-not-found", "cancel");
+    assert_attr(out[0], "from", CONTACT);
+    assert_attr(out[0], "to", ALICE);
+    assert_string_equal(xnode_child_text(out[0], "body", NULL), "nobody home");
     assert_string_equal(
-        xnode_child_text(xnode_child(out[1], "error", NULL), "text", NULL),
+        xnode_child_text(xnode_child(out[0], "error", NULL), "text", NULL),
         "provider says no");
+    run_for(300);
+    assert_int_equal(n_sent, 5); /* not retried */
+    assert_int_equal(n_out, 1);
 
     router_stop(router);
     send_mode = SEND_OK;
     send_chat(ALICE, CONTACT, "late");
-    assert_error(out[2], "c1", "service-unavailable", "wait");
-    assert_int_equal(n_sent, 4);
+    assert_error(out[1], "c1", "service-unavailable", "wait");
+    run_for(300);
+    assert_int_equal(n_sent, 5);
+}
+
+struct sent_result {
+    int calls;
+    struct error err;
+    bool failed;
+};
+
+static void on_router_sent(void *arg, const struct error *err,
+                           const char *provider_id, unsigned retry_after_ms)
+{
+    struct sent_result *r = arg;
+
+    (void)provider_id;
+    (void)retry_after_ms;
+    r->calls++;
+    r->failed = err != NULL;
+    if (err)
+        r->err = *err;
+}
+
+static void test_send_unregistered(void **state)
+{
+    (void)state;
+    struct sent_result res = {0};
+    struct outmsg m;
+    char from[] = ALICE, to_jid[] = CONTACT, from_addr[] = NUM1,
+         to_addr[] = "+15551234567", body[] = "queued before unregistering";
+
+    memset(&m, 0, sizeof(m));
+    m.from_jid = from;
+    m.to_jid = to_jid;
+    m.from_addr = from_addr;
+    m.to_addr = to_addr;
+    m.body = body;
+    /* not registered (any more): nothing is sent, permanently */
+    router_send(router, &m, on_router_sent, &res);
+    assert_int_equal(res.calls, 0);
+    settle();
+    assert_int_equal(res.calls, 1);
+    assert_true(res.failed);
+    assert_int_equal(res.err.code, COND_REGISTRATION_REQUIRED);
+    assert_false(res.err.temporary);
+    assert_int_equal(n_sent, 0);
+
+    register_phone(ALICE, NUM1);
+    res.calls = 0;
+    router_send(router, &m, on_router_sent, &res);
+    settle();
+    assert_int_equal(res.calls, 1);
+    assert_false(res.failed);
+    assert_int_equal(n_sent, 1);
+}
+
+static void message_with_receipt(const char *id, const char *body)
+{
+    struct xnode *m = stanza("message", "chat", ALICE, CONTACT, id);
+    xnode_add_text(m, "body", body);
+    xnode_add_ns(m, "request", NS_RECEIPTS);
+    feed(m);
+}
+
+static void test_receipts(void **state)
+{
+    (void)state;
+    struct error err;
+
+    register_phone(ALICE, NUM1);
+    out_clear();
+    message_with_receipt("r0", "one"); /* SM0 */
+    wait_count(&n_sent, 1);
+    send_chat(ALICE, CONTACT, "no receipt"); /* SM1 */
+    wait_count(&n_sent, 2);
+    message_with_receipt("r2", "three"); /* SM2 */
+    wait_count(&n_sent, 3);
+    assert_int_equal(n_out, 0);
+
+    /* delivered + receipt requested: <received id='r0'/> to the sender */
+    router_on_delivery(router, "SM0", DELIVERY_SENT, NULL);
+    router_on_delivery(router, "SM0", DELIVERY_DELIVERED, NULL);
+    wait_count(&n_out, 1);
+    assert_string_equal(out[0]->name, "message");
+    assert_attr(out[0], "from", CONTACT);
+    assert_attr(out[0], "to", ALICE);
+    assert_non_null(xnode_attr(out[0], "id"));
+    const struct xnode *rc = xnode_child(out[0], "received", NS_RECEIPTS);
+    assert_non_null(rc);
+    assert_attr(rc, "id", "r0");
+
+    /* the provider repeats itself: still one receipt */
+    router_on_delivery(router, "SM0", DELIVERY_DELIVERED, NULL);
+    /* delivered without a receipt request, unknown ids: nothing */
+    router_on_delivery(router, "SM1", DELIVERY_DELIVERED, NULL);
+    router_on_delivery(router, "SM99", DELIVERY_FAILED, NULL);
+    run_for(500);
+    assert_int_equal(n_out, 1);
+
+    /* failed after acceptance: an error with the provider's reason, even
+     * while the stream is down (it waits in the queue) */
+    sink_up = false;
+    error_set(&err, COND_NONE, false, "carrier rejected the message");
+    router_on_delivery(router, "SM2", DELIVERY_FAILED, &err);
+    run_for(500);
+    assert_int_equal(n_out, 1);
+    sink_up = true;
+    queue_kick(queue);
+    wait_count(&n_out, 2);
+    assert_error(out[1], "r2", "recipient-unavailable", "wait");
+    assert_attr(out[1], "from", CONTACT);
+    assert_attr(out[1], "to", ALICE);
+    assert_non_null(strstr(
+        xnode_child_text(xnode_child(out[1], "error", NULL), "text", NULL),
+        "carrier rejected the message"));
+
+    /* unregistered: nothing is delivered to that JID any more */
+    message_with_receipt("r3", "four"); /* SM3 */
+    wait_count(&n_sent, 4);
+    struct xnode *iq = stanza("iq", "set", ALICE, GW, "unreg");
+    xnode_add(xnode_add_ns(iq, "query", NS_REGISTER), "remove");
+    feed(iq);
+    size_t before = n_out;
+    router_on_delivery(router, "SM3", DELIVERY_DELIVERED, NULL);
+    run_for(500);
+    for (size_t i = before; i < n_out; i++)
+        assert_null(xnode_child(out[i], "received", NS_RECEIPTS));
 }
 
 static void test_presence_flow(void **state)
@@ -1165,6 +1354,8 @@ static void test_free_with_inflight(void **state)
     m.to_addr = to;
     m.from_addr = from;
     m.body = body;
+    /* only the calls below reach the router from now on */
+    queue_stop(queue);
     iq_query("get", ALICE, GW, "g1", NS_REGISTER);
     out_clear();
     struct xnode *iq = stanza("iq", "get", ALICE, GW, "g2");
@@ -1221,6 +1412,9 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_send_message, setup_redis,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_send_unregistered, setup_redis,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_receipts, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_presence_flow, setup_redis,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_deliver, setup_redis, teardown),

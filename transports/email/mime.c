@@ -88,7 +88,7 @@ static char *clean_text(const char *s, size_t len, bool single_line)
         if (space) {
             if (b.len && b.s[b.len - 1] != ' ')
                 sb_putc(&b, ' ');
-        } else if (c == 0x2028 || c == 0x2029) {
+        } else if (c == '\n' || c == 0x2028 || c == 0x2029) {
             sb_putc(&b, '\n');
         } else {
             sb_append(&b, p, (size_t)(next - p));

@@ -61,11 +61,11 @@ struct sms_part {
 
 /* An HTTP request built by a provider; free with sms_request_free. */
 struct sms_request {
-    char *url;               /* api_url + the API path */
-    char *body;              /* form or JSON */
+    char *url;  /* api_url + the API path */
+    char *body; /* form or JSON */
     size_t body_len;
     const char *content_type; /* static string */
-    char *authorization;     /* the whole Authorization header value */
+    char *authorization;      /* the whole Authorization header value */
 };
 void sms_request_free(struct sms_request *r);
 
@@ -80,9 +80,9 @@ struct sms_webhook {
      * by the request's path and query exactly as received.
      */
     const char *url;
-    const char *query;  /* raw query string (after '?'), or NULL */
+    const char *query;        /* raw query string (after '?'), or NULL */
     const char *content_type; /* or NULL */
-    const char *body;   /* raw body, NUL-terminated, never NULL */
+    const char *body;         /* raw body, NUL-terminated, never NULL */
     size_t body_len;
     sms_header_fn *header;
     const void *header_ctx;
@@ -108,7 +108,7 @@ void sms_inbound_free(struct sms_inbound *s);
 struct sms_status {
     char *provider_id; /* owned; NULL: an event with nothing to report */
     enum delivery_state state;
-    struct error err;  /* DELIVERY_FAILED: condition and reason */
+    struct error err; /* DELIVERY_FAILED: condition and reason */
 };
 void sms_status_free(struct sms_status *s);
 
@@ -144,13 +144,12 @@ struct sms_provider_ops {
      * Maps a response: 0 with *provider_id (owned, may stay NULL) or -1
      * with err. now is the wall clock for an HTTP-date Retry-After.
      */
-    int (*response)(void *state, const struct http_response *resp,
-                    int64_t now, char **provider_id, struct error *err);
+    int (*response)(void *state, const struct http_response *resp, int64_t now,
+                    char **provider_id, struct error *err);
     /* Webhooks; all NULL for the sandbox. */
     bool accept_get; /* the provider may be set to send GET webhooks */
     /* 0 when authentic, else -1 with a reason in err (for the log). */
-    int (*verify)(void *state, const struct sms_webhook *wh,
-                  struct error *err);
+    int (*verify)(void *state, const struct sms_webhook *wh, struct error *err);
     int (*parse_inbound)(void *state, const struct sms_webhook *wh,
                          struct sms_inbound *out, struct error *err);
     int (*parse_status)(void *state, const struct sms_webhook *wh,

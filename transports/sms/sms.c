@@ -67,11 +67,11 @@ struct sms_priv {
     const char *default_cc;
     size_t inflight;
     bool stopping;
-    struct sms_job *jobs; /* in flight, freed by destroy if never done */
-    struct sms_http *http; /* provider requests in flight */
+    struct sms_job *jobs;   /* in flight, freed by destroy if never done */
+    struct sms_http *http;  /* provider requests in flight */
     struct sms_hook *hooks; /* webhooks waiting for Redis */
-    char *status_url;     /* public_url/sms/<jid>/status, or NULL */
-    char *route;          /* "/sms/<jid>/" */
+    char *status_url;       /* public_url/sms/<jid>/status, or NULL */
+    char *route;            /* "/sms/<jid>/" */
 };
 
 /* One provider HTTP request in flight. */
@@ -203,8 +203,8 @@ static int sms_configure(struct transport *t, struct error *err)
     {
         const struct config *cfg = t->host ? t->host->config : NULL;
         if (cfg && cfg->http.public_url && *cfg->http.public_url)
-            p->status_url = xasprintf("%s/sms/%s/status",
-                                      cfg->http.public_url, c->jid);
+            p->status_url =
+                xasprintf("%s/sms/%s/status", cfg->http.public_url, c->jid);
     }
     p->pstate = p->provider->init(t, err);
     return p->pstate ? 0 : -1;
@@ -636,8 +636,7 @@ int sms_form_parse(const char *s, size_t len, struct sms_form *out)
         while (eq < end && s[eq] != '=')
             eq++;
         name = form_decode(s + i, eq - i);
-        value = eq < end ? form_decode(s + eq + 1, end - eq - 1)
-                         : xstrdup("");
+        value = eq < end ? form_decode(s + eq + 1, end - eq - 1) : xstrdup("");
         if (!name || !value) {
             free(name);
             free(value);
@@ -806,8 +805,7 @@ static int http_send(struct transport *t, const struct sms_part *part,
         return -1;
     }
     h = xcalloc(1, sizeof(*h));
-    if (p->provider->build(p->pstate, part, p->status_url, &h->req, err) <
-        0) {
+    if (p->provider->build(p->pstate, part, p->status_url, &h->req, err) < 0) {
         http_free(h);
         return -1;
     }
@@ -884,8 +882,9 @@ static void hook_finish(struct sms_hook *k, const struct error *err)
 {
     if (err) {
         if (k->t)
-            log_warn(k->t->module, "webhook: inbound SMS not persisted (%s); "
-                                   "answering 503 so the provider retries",
+            log_warn(k->t->module,
+                     "webhook: inbound SMS not persisted (%s); "
+                     "answering 503 so the provider retries",
                      err->msg);
         reply_text(k->req, 503, "temporarily unavailable, retry later\n");
     } else {
@@ -938,8 +937,8 @@ static void hook_push(struct sms_hook *k)
                        k);
 }
 
-static void concat_stored(const struct error *err, size_t n,
-                          char *const *keys, char *const *values, void *arg)
+static void concat_stored(const struct error *err, size_t n, char *const *keys,
+                          char *const *values, void *arg)
 {
     struct sms_hook *k = arg;
     struct strbuf b;
@@ -1000,11 +999,10 @@ static void handle_inbound(struct transport *t, struct http_request *req,
         p->hooks->prev = k;
     p->hooks = k;
     if (k->in.concat_ref) {
-        store_sms_concat_add(t->host->store, t->conf->jid, k->in.concat_ref,
-                             k->in.concat_part, k->in.concat_total,
-                             k->in.msg.body ? k->in.msg.body : "",
-                             k->in.msg.provider_id, CONCAT_TTL_S,
-                             concat_stored, k);
+        store_sms_concat_add(
+            t->host->store, t->conf->jid, k->in.concat_ref, k->in.concat_part,
+            k->in.concat_total, k->in.msg.body ? k->in.msg.body : "",
+            k->in.msg.provider_id, CONCAT_TTL_S, concat_stored, k);
         return;
     }
     hook_push(k);

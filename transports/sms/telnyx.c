@@ -173,8 +173,7 @@ static int telnyx_response(void *state, const struct http_response *resp,
 
     if (doc)
         first_error(doc, buf, &code, &title, &detail);
-    sms_clean_text(why, sizeof(why),
-                   detail ? detail : (title ? title : ""));
+    sms_clean_text(why, sizeof(why), detail ? detail : (title ? title : ""));
     if (resp->status >= 200 && resp->status < 300) {
         const char *id = json_string_value(
             json_object_get(json_object_get(doc, "data"), "id"));
@@ -234,7 +233,8 @@ static int telnyx_verify(void *state, const struct sms_webhook *wh,
                          struct error *err)
 {
     struct telnyx *tx = state;
-    const char *sig_b64 = wh->header(wh->header_ctx, "telnyx-signature-ed25519");
+    const char *sig_b64 =
+        wh->header(wh->header_ctx, "telnyx-signature-ed25519");
     const char *ts = wh->header(wh->header_ctx, "telnyx-timestamp");
     unsigned char sig[CRYPTO_ED25519_SIG + 1];
     long long t = 0;
@@ -262,8 +262,7 @@ static int telnyx_verify(void *state, const struct sms_webhook *wh,
                   TELNYX_TOLERANCE_S);
         return -1;
     }
-    if (crypto_base64_decode(sig_b64, sig, sizeof(sig)) !=
-        CRYPTO_ED25519_SIG) {
+    if (crypto_base64_decode(sig_b64, sig, sizeof(sig)) != CRYPTO_ED25519_SIG) {
         error_set(err, COND_FORBIDDEN, false,
                   "telnyx-signature-ed25519 is not 64 bytes of base64");
         return -1;
@@ -343,8 +342,8 @@ static int telnyx_parse_inbound(void *state, const struct sms_webhook *wh,
     out->msg.from_addr = xstrdup(from);
     out->msg.to_addr = xstrdup(to_num);
     media = json_object_get(payload, "media");
-    for (i = 0; i < json_array_size(media) &&
-                out->msg.n_media < INMSG_MAX_MEDIA;
+    for (i = 0;
+         i < json_array_size(media) && out->msg.n_media < INMSG_MAX_MEDIA;
          i++) {
         const char *u =
             json_string_value(json_object_get(json_array_get(media, i), "url"));

@@ -214,7 +214,7 @@ static int twilio_response(void *state, const struct http_response *resp,
         error_set(err, COND_REMOTE_SERVER_TIMEOUT, true,
                   "the SMS provider is %s (HTTP %d); will retry",
                   resp->status == 429 || code == 20429 ? "throttling us"
-                                                        : "unavailable",
+                                                       : "unavailable",
                   resp->status);
         err->retry_after_s = sms_retry_after(resp->retry_after, now);
     } else if (resp->status == 401 || code == 20003) {
@@ -314,8 +314,8 @@ static char *url_port_variant(const char *url, bool strip)
     return xasprintf("%.*s%s%s", (int)(end - url), url, def, end);
 }
 
-static bool sig_matches(const char *token, const char *url,
-                        const char *params, const char *sig)
+static bool sig_matches(const char *token, const char *url, const char *params,
+                        const char *sig)
 {
     unsigned char mac[CRYPTO_MAX_DIGEST];
     struct strbuf b;
@@ -565,7 +565,8 @@ static int twilio_parse_status(void *state, const struct sms_webhook *wh,
             error_set(&out->err,
                       code == 21610 ? COND_NOT_ACCEPTABLE
                                     : COND_RECIPIENT_UNAVAILABLE,
-                      false, "the SMS was not delivered (%s): %s (Twilio "
+                      false,
+                      "the SMS was not delivered (%s): %s (Twilio "
                       "error %ld)",
                       st, why ? why : "no reason given", code);
         else

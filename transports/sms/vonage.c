@@ -56,8 +56,7 @@ static void *vonage_init(struct transport *t, struct error *err)
     const struct provider_conf *pc = &t->conf->provider;
     struct vonage *v;
 
-    if (!pc->api_key || !*pc->api_key || !pc->api_secret ||
-        !*pc->api_secret) {
+    if (!pc->api_key || !*pc->api_key || !pc->api_secret || !*pc->api_secret) {
         error_set(err, COND_INTERNAL_SERVER_ERROR, false,
                   "provider.api_key and provider.api_secret: vonage needs "
                   "both");
@@ -173,8 +172,9 @@ static void map_status(struct vonage *v, long st, const char *text,
         error_set(err, COND_INTERNAL_SERVER_ERROR, false,
                   "provider authentication failed: check api_key/"
                   "api_secret");
-        log_err(mod, "vonage: authentication failed (status %ld): check "
-                     "provider.api_key and provider.api_secret",
+        log_err(mod,
+                "vonage: authentication failed (status %ld): check "
+                "provider.api_key and provider.api_secret",
                 st);
         return;
     case 7:
@@ -199,8 +199,9 @@ static void map_status(struct vonage *v, long st, const char *text,
                   "the SMS provider refused the gateway's request: %s "
                   "(Vonage status %ld)",
                   *m ? m : "account or sender problem", st);
-        log_err(mod, "vonage: status %ld (%s): check the account and the "
-                     "sending numbers",
+        log_err(mod,
+                "vonage: status %ld (%s): check the account and the "
+                "sending numbers",
                 st, m);
         return;
     default:
@@ -232,8 +233,9 @@ static int vonage_response(void *state, const struct http_response *resp,
         return -1;
     }
     if (resp->status < 200 || resp->status >= 300) {
-        error_set(err, resp->status >= 400 ? COND_NOT_ACCEPTABLE
-                                           : COND_REMOTE_SERVER_TIMEOUT,
+        error_set(err,
+                  resp->status >= 400 ? COND_NOT_ACCEPTABLE
+                                      : COND_REMOTE_SERVER_TIMEOUT,
                   resp->status < 400,
                   "unexpected answer from the SMS provider (HTTP %d)",
                   resp->status);
@@ -262,9 +264,10 @@ static int vonage_response(void *state, const struct http_response *resp,
                        err);
             if (i > 0) {
                 struct error e = *err;
-                error_set(err, e.code == COND_REMOTE_SERVER_TIMEOUT
-                                   ? COND_UNDEFINED_CONDITION
-                                   : e.code,
+                error_set(err,
+                          e.code == COND_REMOTE_SERVER_TIMEOUT
+                              ? COND_UNDEFINED_CONDITION
+                              : e.code,
                           false, "only %zu of %zu parts were sent: %s", i, n,
                           e.msg);
             }
@@ -420,10 +423,10 @@ static int vonage_verify(void *state, const struct sms_webhook *wh,
         ok = hex_matches(d, crypto_digest(CRYPTO_MD5, b.s, b.len, d), sig);
         sb_free(&b);
         if (!ok)
-            ok = hex_matches(d,
-                             crypto_hmac(CRYPTO_MD5, v->sig_secret, sl, str,
-                                         strlen(str), d),
-                             sig);
+            ok = hex_matches(
+                d,
+                crypto_hmac(CRYPTO_MD5, v->sig_secret, sl, str, strlen(str), d),
+                sig);
     } else {
         enum crypto_alg alg = len == 40   ? CRYPTO_SHA1
                               : len == 64 ? CRYPTO_SHA256
@@ -570,8 +573,8 @@ static int vonage_parse_status(void *state, const struct sms_webhook *wh,
                       st);
         else
             error_set(&out->err, COND_RECIPIENT_UNAVAILABLE, false,
-                      "the SMS was not delivered (%s, Vonage err-code %ld)",
-                      st, code);
+                      "the SMS was not delivered (%s, Vonage err-code %ld)", st,
+                      code);
     } else {
         out->state = DELIVERY_SENT;
     }

@@ -1,0 +1,814 @@
+/*
+ * mime.c and html_text.c: composing (exact headers, RFC 2047 subject and
+ * name, quoted-printable only when needed, Message-ID, threading headers,
+ * CRLF output, header injection attempts through every input) and parsing
+ * the fixture messages in tests/data/mail (plain, multipart/alternative,
+ * HTML only, ISO-8859-1, windows-1252, Shift_JIS, RFC 2047 in several
+ * charsets, attachments, forwarded messages, malformed MIME), the input
+ * bounds, and compose -> parse round trips.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <ctype.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "email/html_text.h"
+#include "email/mime.h"
+#include "util.h"
+
+/* ---- helpers ---- */
+
+static char *load(const char *name, size_t *len)
+{
+    const char *dir = getenv("POSTERN_TEST_DATA");
+    char path[512];
+    FILE *f;
+    char *buf;
+    long n;
+
+    snprintf(path, sizeof(path), "%s/mail/%s", dir ? dir : "tests/data",
+             name);
+    f = fopen(path, "rb");
+    if (!f)
+        fail_msg("cannot open %s", path);
+    fseek(f, 0, SEEK_END);
+    n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    buf = malloc((size_t)n + 1);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+    buf[n] = '\0';
+    fclose(f);
+    *len = (size_t)n;
+    return buf;
+}
+
+static void parse_file(const char *name, struct mail_parsed *m)
+{
+    struct error err;
+    size_t len;
+    char *buf = load(name, &len);
+
+    if (mime_parse(buf, len, m, &err) != 0)
+        fail_msg("%s: %s", name, err.msg);
+    free(buf);
+}
+
+/* The header section (before the first empty line), unfolded: one header
+ * per line, separated by "\n". Returned owned. */
+static char *headers_of(const char *msg)
+{
+    const char *end = strstr(msg, "\r\n\r\n");
+    struct strbuf b;
+
+    assert_non_null(end);
+    sb_init(&b);
+    for (const char *p = msg; p < end + 2; p++) {
+        if (p[0] == '\r' && p[1] == '\n') {
+            if (p + 2 < end + 2 && (p[2] == ' ' || p[2] == '\t')) {
+                p++; /* folded: the continuation joins the line */
+                continue;
+            }
+            sb_putc(&b, '\n');
+            p++;
+            continue;
+        }
+        sb_putc(&b, *p);
+    }
+    return sb_steal(&b);
+}
+
+/* The value of header name in an unfolded header block, or NULL; owned. */
+static char *header(const char *hdrs, const char *name)
+{
+    size_t n = strlen(name);
+    const char *p = hdrs;
+
+    while (*p) {
+        const char *eol = strchr(p, '\n');
+        if (!eol)
+            eol = p + strlen(p);
+        if ((size_t)(eol - p) > n && strncasecmp(p, name, n) == 0 &&
+            p[n] == ':') {
+            const char *v = p + n + 1;
+            while (*v == ' ' || *v == '\t')
+                v++;
+            return xstrndup(v, (size_t)(eol - v));
+        }
+        p = *eol ? eol + 1 : eol;
+    }
+    return NULL;
+}
+
+static const char *const allowed[] = {
+    "Date",         "From",      "To",
+    "Subject",      "Message-ID", "In-Reply-To",
+    "References",   "MIME-Version", "Content-Type",
+    "Content-Transfer-Encoding",
+};
+
+/* Every header is one of the expected ones, each at most once. */
+static void assert_only_expected_headers(const char *hdrs)
+{
+    unsigned seen[ARRAY_SIZE(allowed)] = {0};
+    const char *p = hdrs;
+
+    while (*p) {
+        const char *eol = strchr(p, '\n');
+        const char *colon = strchr(p, ':');
+        bool ok = false;
+
+        assert_non_null(eol);
+        assert_true(colon && colon < eol);
+        for (size_t i = 0; i < ARRAY_SIZE(allowed); i++)
+            if ((size_t)(colon - p) == strlen(allowed[i]) &&
+                strncasecmp(p, allowed[i], strlen(allowed[i])) == 0) {
+                seen[i]++;
+                ok = true;
+            }
+        if (!ok)
+            fail_msg("unexpected header line: %.*s", (int)(eol - p), p);
+        p = eol + 1;
+    }
+    for (size_t i = 0; i < ARRAY_SIZE(allowed); i++)
+        assert_true(seen[i] <= 1);
+}
+
+/* CRLF everywhere, no bare CR or LF, no line above 998 octets. */
+static void assert_crlf_lines(const char *msg, size_t len, size_t max_line)
+{
+    size_t line = 0;
+
+    assert_int_equal(strlen(msg), len);
+    for (size_t i = 0; i < len; i++) {
+        if (msg[i] == '\r') {
+            assert_true(i + 1 < len && msg[i + 1] == '\n');
+            i++;
+            line = 0;
+            continue;
+        }
+        assert_true(msg[i] != '\n');
+        line++;
+        assert_true(line <= max_line);
+    }
+    assert_true(len >= 2 && msg[len - 2] == '\r' && msg[len - 1] == '\n');
+}
+
+static bool ascii_only(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s >= 0x80)
+            return false;
+    return true;
+}
+
+static const struct mail_compose base_compose = {
+    .from = "alice@mail.example.org",
+    .to = "bob@example.com",
+    .subject = "Hello",
+    .body = "Hi Bob.\nSee you.\n",
+    .msgid_domain = "mail.example.org",
+};
+
+static char *compose_ok(const struct mail_compose *c, size_t *len, char **id)
+{
+    struct error err;
+    char *msg = mime_compose(c, len, id, &err);
+
+    if (!msg)
+        fail_msg("compose failed: %s", err.msg);
+    return msg;
+}
+
+/* ---- compose ---- */
+
+static void test_compose_ascii(void **state)
+{
+    size_t len;
+    char *id, *msg, *hdrs, *v;
+    (void)state;
+
+    msg = compose_ok(&base_compose, &len, &id);
+    assert_crlf_lines(msg, len, 998);
+    hdrs = headers_of(msg);
+    assert_only_expected_headers(hdrs);
+
+    v = header(hdrs, "From");
+    assert_string_equal(v, "alice@mail.example.org");
+    free(v);
+    v = header(hdrs, "To");
+    assert_string_equal(v, "bob@example.com");
+    free(v);
+    v = header(hdrs, "Subject");
+    assert_string_equal(v, "Hello");
+    free(v);
+    v = header(hdrs, "MIME-Version");
+    assert_string_equal(v, "1.0");
+    free(v);
+    v = header(hdrs, "Content-Type");
+    assert_string_equal(v, "text/plain; charset=utf-8");
+    free(v);
+    v = header(hdrs, "Content-Transfer-Encoding");
+    assert_string_equal(v, "7bit");
+    free(v);
+    v = header(hdrs, "Date");
+    assert_non_null(v);
+    /* RFC 5322 date-time: "Mon, 01 Jan 2024 12:00:00 +0000" */
+    assert_true(strlen(v) >= 29);
+    assert_true(v[3] == ',' && strstr(v, " +0000") != NULL);
+    free(v);
+    assert_null(header(hdrs, "In-Reply-To"));
+    assert_null(header(hdrs, "References"));
+
+    /* Message-ID: 128 random bits in hex at the mail domain */
+    v = header(hdrs, "Message-ID");
+    assert_non_null(v);
+    char want[128];
+    snprintf(want, sizeof(want), "<%s>", id);
+    assert_string_equal(v, want);
+    free(v);
+    const char *at = strchr(id, '@');
+    assert_non_null(at);
+    assert_string_equal(at + 1, "mail.example.org");
+    assert_int_equal(at - id, 32);
+    for (const char *p = id; p < at; p++)
+        assert_true(isxdigit((unsigned char)*p));
+
+    /* the body follows the blank line, CRLF, not encoded */
+    assert_non_null(strstr(msg, "\r\n\r\nHi Bob.\r\nSee you.\r\n"));
+    free(hdrs);
+    free(msg);
+    free(id);
+}
+
+static void test_compose_ids_unique(void **state)
+{
+    size_t len;
+    char *id1, *id2, *m1, *m2;
+    (void)state;
+
+    m1 = compose_ok(&base_compose, &len, &id1);
+    m2 = compose_ok(&base_compose, &len, &id2);
+    assert_string_not_equal(id1, id2);
+    free(m1);
+    free(m2);
+    free(id1);
+    free(id2);
+}
+
+static void test_compose_utf8(void **state)
+{
+    struct mail_compose c = base_compose;
+    struct mail_parsed p;
+    struct error err;
+    size_t len;
+    char *id, *msg, *hdrs, *v;
+    (void)state;
+
+    c.subject = "Grüße 😀";
+    c.from_name = "Jöhn Doe";
+    c.body = "Grüße aus Köln 😀\nZweite Zeile\n";
+    msg = compose_ok(&c, &len, &id);
+    assert_crlf_lines(msg, len, 998);
+    hdrs = headers_of(msg);
+    assert_only_expected_headers(hdrs);
+    /* nothing 8-bit anywhere: RFC 2047 headers, QP body */
+    assert_true(ascii_only(msg));
+
+    v = header(hdrs, "Subject");
+    assert_true(strncasecmp(v, "=?utf-8?", 8) == 0);
+    free(v);
+    v = header(hdrs, "From");
+    assert_true(strncasecmp(v, "=?utf-8?", 8) == 0);
+    assert_non_null(strstr(v, "<alice@mail.example.org>"));
+    free(v);
+    v = header(hdrs, "Content-Transfer-Encoding");
+    assert_string_equal(v, "quoted-printable");
+    free(v);
+    v = header(hdrs, "Content-Type");
+    assert_string_equal(v, "text/plain; charset=utf-8");
+    free(v);
+    /* ü is C3 BC in UTF-8, so "Gr=C3=BC=C3=9Fe" */
+    assert_non_null(strstr(msg, "Gr=C3=BC=C3=9Fe"));
+
+    assert_int_equal(mime_parse(msg, len, &p, &err), 0);
+    assert_string_equal(p.subject, "Grüße 😀");
+    assert_string_equal(p.from_name, "Jöhn Doe");
+    assert_string_equal(p.from_addr, "alice@mail.example.org");
+    assert_string_equal(p.text, "Grüße aus Köln 😀\nZweite Zeile");
+    assert_string_equal(p.message_id, id);
+    assert_int_equal(p.n_attachments, 0);
+    mime_parsed_free(&p);
+    free(hdrs);
+    free(msg);
+    free(id);
+}
+
+static void test_compose_long_line(void **state)
+{
+    struct mail_compose c = base_compose;
+    struct mail_parsed p;
+    struct error err;
+    char body[2101];
+    size_t len;
+    char *id, *msg, *hdrs, *v;
+    (void)state;
+
+    for (size_t i = 0; i < 2100; i++)
+        body[i] = (char)('a' + i % 26);
+    body[2100] = '\0';
+    c.body = body;
+    msg = compose_ok(&c, &len, &id);
+    /* quoted-printable soft-wraps at 76 */
+    assert_crlf_lines(msg, len, 998);
+    hdrs = headers_of(msg);
+    v = header(hdrs, "Content-Transfer-Encoding");
+    assert_string_equal(v, "quoted-printable");
+    free(v);
+    assert_int_equal(mime_parse(msg, len, &p, &err), 0);
+    assert_string_equal(p.text, body);
+    mime_parsed_free(&p);
+    free(hdrs);
+    free(msg);
+    free(id);
+}
+
+static void test_compose_threading(void **state)
+{
+    struct mail_compose c = base_compose;
+    struct mail_parsed p;
+    struct error err;
+    size_t len;
+    char *id, *msg, *hdrs, *v;
+    (void)state;
+
+    c.in_reply_to = "root-2.abcdefghijklmnop@mail.example.net";
+    c.references = "root-0.abcdefghijklmnopqrstuvwxyz@mail.example.net "
+                   "root-1.abcdefghijklmnopqrstuvwxyz@mail.example.net "
+                   "root-2.abcdefghijklmnop@mail.example.net";
+    msg = compose_ok(&c, &len, &id);
+    /* the References line is folded between ids */
+    assert_crlf_lines(msg, len, 78);
+    hdrs = headers_of(msg);
+    assert_only_expected_headers(hdrs);
+    v = header(hdrs, "In-Reply-To");
+    assert_string_equal(v, "<root-2.abcdefghijklmnop@mail.example.net>");
+    free(v);
+    v = header(hdrs, "References");
+    assert_non_null(v);
+    assert_non_null(
+        strstr(v, "<root-0.abcdefghijklmnopqrstuvwxyz@mail.example.net>"));
+    assert_non_null(
+        strstr(v, "<root-1.abcdefghijklmnopqrstuvwxyz@mail.example.net>"));
+    assert_non_null(strstr(v, "<root-2.abcdefghijklmnop@mail.example.net>"));
+    free(v);
+
+    assert_int_equal(mime_parse(msg, len, &p, &err), 0);
+    assert_string_equal(p.in_reply_to,
+                        "root-2.abcdefghijklmnop@mail.example.net");
+    assert_int_equal(p.n_references, 3);
+    assert_string_equal(p.references[0],
+                        "root-0.abcdefghijklmnopqrstuvwxyz@mail.example.net");
+    assert_string_equal(p.references[2],
+                        "root-2.abcdefghijklmnop@mail.example.net");
+    mime_parsed_free(&p);
+    free(hdrs);
+    free(msg);
+    free(id);
+}
+
+static void test_compose_no_subject(void **state)
+{
+    struct mail_compose c = base_compose;
+    size_t len;
+    char *id, *msg, *hdrs;
+    (void)state;
+
+    c.subject = "";
+    c.body = NULL;
+    msg = compose_ok(&c, &len, &id);
+    hdrs = headers_of(msg);
+    assert_null(header(hdrs, "Subject"));
+    free(hdrs);
+    free(msg);
+    free(id);
+
+    c.subject = NULL;
+    msg = compose_ok(&c, &len, &id);
+    hdrs = headers_of(msg);
+    assert_null(header(hdrs, "Subject"));
+    free(hdrs);
+    free(msg);
+    free(id);
+}
+
+/* Free text with line breaks and controls: folded into one header. */
+static void test_compose_injection_text(void **state)
+{
+    static const char *const attempts[] = {
+        "x\r\nBcc: evil@x",
+        "\nBcc: evil@x",
+        "x\rBcc: evil@x",
+        "x\r\n\r\nBcc: evil@x",
+        "x\xe2\x80\xa8" "Bcc: evil@x", /* U+2028 */
+        "x\xe2\x80\xa9" "Bcc: evil@x", /* U+2029 */
+        "x\xc2\x85" "Bcc: evil@x",     /* U+0085 NEL */
+        "x\x0b\x0c\x1b" "Bcc: evil@x",
+        "x\0\r\nBcc: evil@x", /* C strings end at NUL */
+        "x\xff\r\nBcc: evil@x",
+    };
+    (void)state;
+
+    for (size_t i = 0; i < ARRAY_SIZE(attempts); i++) {
+        for (int field = 0; field < 2; field++) {
+            struct mail_compose c = base_compose;
+            struct mail_parsed p;
+            struct error err;
+            size_t len;
+            char *id, *msg, *hdrs;
+
+            if (field == 0)
+                c.subject = attempts[i];
+            else
+                c.from_name = attempts[i];
+            msg = compose_ok(&c, &len, &id);
+            hdrs = headers_of(msg);
+            assert_only_expected_headers(hdrs);
+            assert_null(header(hdrs, "Bcc"));
+            assert_null(strstr(msg, "\nBcc:"));
+            assert_crlf_lines(msg, len, 998);
+            /* and the parser sees one header, not two */
+            assert_int_equal(mime_parse(msg, len, &p, &err), 0);
+            if (field == 0) {
+                assert_non_null(p.subject);
+                assert_null(strchr(p.subject, '\n'));
+                assert_true(p.subject[0] == 'x' || p.subject[0] == 'B');
+            } else {
+                assert_string_equal(p.from_addr, "alice@mail.example.org");
+            }
+            assert_string_equal(p.text, "Hi Bob.\nSee you.");
+            mime_parsed_free(&p);
+            free(hdrs);
+            free(msg);
+            free(id);
+        }
+    }
+}
+
+/* Addresses and ids cannot be repaired: they are refused. */
+static void test_compose_injection_refused(void **state)
+{
+    static const char *const bad_addr[] = {
+        "bob@example.com\r\nBcc: evil@x",
+        "bob@example.com\nBcc: evil@x",
+        "bob @example.com",
+        "bob@@example.com",
+        "bob@x@example.com",
+        "bobexample.com",
+        "<bob@example.com>",
+        "Bob <bob@example.com>",
+        "bob@example.com,evil@x.org",
+        "",
+    };
+    static const char *const bad_id[] = {
+        "a@b.c\r\nBcc: evil@x",
+        "a@b.c\nBcc:",
+        "a@b.c>\r\nBcc: <x",
+        "a b@c",
+        "a@b.c\x7f",
+        "\xe2\x80\xa8@b.c",
+    };
+    struct error err;
+    size_t len;
+    char *id;
+    (void)state;
+
+    for (size_t i = 0; i < ARRAY_SIZE(bad_addr); i++) {
+        struct mail_compose c = base_compose;
+        c.to = bad_addr[i];
+        id = (char *)1;
+        assert_null(mime_compose(&c, &len, &id, &err));
+        assert_null(id);
+        assert_false(err.temporary);
+        c = base_compose;
+        c.from = bad_addr[i];
+        assert_null(mime_compose(&c, &len, &id, &err));
+    }
+    for (size_t i = 0; i < ARRAY_SIZE(bad_id); i++) {
+        struct mail_compose c = base_compose;
+        c.in_reply_to = bad_id[i];
+        assert_null(mime_compose(&c, &len, &id, &err));
+        /* in References a space separates two good ids */
+        if (strcmp(bad_id[i], "a b@c") == 0)
+            continue;
+        c = base_compose;
+        c.references = bad_id[i];
+        assert_null(mime_compose(&c, &len, &id, &err));
+    }
+    {
+        struct mail_compose c = base_compose;
+        c.msgid_domain = "mail.example.org\r\nBcc: evil@x";
+        assert_null(mime_compose(&c, &len, &id, &err));
+        c.msgid_domain = NULL;
+        assert_null(mime_compose(&c, &len, &id, &err));
+    }
+}
+
+/* ---- parse ---- */
+
+static void test_parse_plain(void **state)
+{
+    struct mail_parsed m;
+    (void)state;
+
+    parse_file("plain.eml", &m);
+    assert_string_equal(m.from_addr, "alice@example.com");
+    assert_string_equal(m.from_name, "Alice Example");
+    assert_string_equal(m.subject, "Lunch?");
+    assert_string_equal(m.message_id, "plain-1@example.com");
+    assert_null(m.in_reply_to);
+    assert_int_equal(m.n_references, 0);
+    assert_string_equal(m.text,
+                        "Hi Bob,\nCafé at noon? A very long line that was "
+                        "soft-wrapped by the sender's mail client.\n-- \n"
+                        "Alice");
+    assert_int_equal(m.n_attachments, 0);
+    mime_parsed_free(&m);
+}
+
+static void test_parse_alternative(void **state)
+{
+    struct mail_parsed m;
+    (void)state;
+
+    parse_file("alternative.eml", &m);
+    assert_string_equal(m.from_addr, "jane@mail.example.net");
+    assert_string_equal(m.from_name, "Doe, Jane");
+    assert_string_equal(m.subject, "Grüße 😀");
+    assert_string_equal(m.message_id, "alt-2@mail.example.net");
+    assert_string_equal(m.in_reply_to, "root-1@mail.example.org");
+    assert_int_equal(m.n_references, 2);
+    assert_string_equal(m.references[0], "root-0@mail.example.org");
+    assert_string_equal(m.references[1], "root-1@mail.example.org");
+    /* text/plain wins over text/html */
+    assert_string_equal(m.text, "Plain version of the message.");
+    assert_int_equal(m.n_attachments, 2);
+    assert_string_equal(m.attachments[0].name, "résumé.pdf");
+    assert_int_equal(m.attachments[0].size, 1024);
+    assert_string_equal(m.attachments[0].type, "application/pdf");
+    assert_string_equal(m.attachments[1].name, "bébé.png");
+    assert_int_equal(m.attachments[1].size, 100);
+    assert_string_equal(m.attachments[1].type, "image/png");
+    mime_parsed_free(&m);
+}
+
+static void test_parse_html_only(void **state)
+{
+    struct mail_parsed m;
+    (void)state;
+
+    parse_file("html_only.eml", &m);
+    assert_string_equal(m.subject, "News");
+    /* script and style dropped, entities decoded, list items, links */
+    assert_null(strstr(m.text, "alert"));
+    assert_null(strstr(m.text, "color"));
+    assert_null(strstr(m.text, "<b>"));
+    assert_non_null(strstr(m.text, "Bob & friends"));
+    assert_non_null(strstr(m.text, "\n- one\n- two\n"));
+    assert_non_null(strstr(m.text, "our site <https://example.com/a>"));
+    /* a link whose text is its target is not repeated */
+    assert_non_null(strstr(m.text, "or https://example.com/b."));
+    assert_null(strstr(m.text, "<https://example.com/b>"));
+    assert_int_equal(m.n_attachments, 0);
+    mime_parsed_free(&m);
+}
+
+static void test_parse_charsets(void **state)
+{
+    struct mail_parsed m;
+    (void)state;
+
+    parse_file("latin1.eml", &m);
+    assert_string_equal(m.from_name, "François");
+    assert_string_equal(m.subject, "Réunion déplacée");
+    assert_string_equal(m.text, "La réunion est déplacée à 15h.");
+    mime_parsed_free(&m);
+
+    parse_file("cp1252.eml", &m);
+    assert_string_equal(m.subject, "“Quoted” €100");
+    assert_string_equal(m.text, "It costs €100 – “cheap”.");
+    mime_parsed_free(&m);
+
+    parse_file("sjis.eml", &m);
+    assert_string_equal(m.subject, "日本語"); /* ISO-2022-JP word */
+    assert_string_equal(m.text, "こんにちは、世界");
+    mime_parsed_free(&m);
+
+    /* an unknown charset: ASCII survives, the rest becomes U+FFFD */
+    parse_file("unknown_charset.eml", &m);
+    assert_string_equal(m.text, "abc \xef\xbf\xbd\xef\xbf\xbd def");
+    mime_parsed_free(&m);
+}
+
+static void test_parse_forwarded(void **state)
+{
+    struct mail_parsed m;
+    (void)state;
+
+    parse_file("forwarded.eml", &m);
+    assert_string_equal(m.text, "See below.");
+    assert_int_equal(m.n_attachments, 1);
+    assert_string_equal(m.attachments[0].name, "hello");
+    assert_string_equal(m.attachments[0].type, "message/rfc822");
+    assert_true(m.attachments[0].size > 50);
+    mime_parsed_free(&m);
+}
+
+static void test_parse_malformed(void **state)
+{
+    struct mail_parsed m;
+    (void)state;
+
+    parse_file("malformed.eml", &m);
+    /* "From: broken" has no address */
+    assert_null(m.from_addr);
+    assert_non_null(m.text);
+    assert_non_null(strstr(m.text, "Hello"));
+    for (size_t i = 0; i < m.n_attachments; i++) {
+        assert_non_null(m.attachments[i].name);
+        assert_non_null(m.attachments[i].type);
+    }
+    mime_parsed_free(&m);
+}
+
+static void test_parse_garbage(void **state)
+{
+    static const char *const inputs[] = {
+        "\r\n\r\n",
+        "no headers at all, just text",
+        "Content-Type: multipart/mixed\r\n\r\n--\r\n--\r\n",
+        "Content-Type: multipart/mixed; boundary=\"\"\r\n\r\n--\r\n\r\n",
+        "Content-Type: text/plain; charset=\"\r\n\r\nx",
+        "Subject: =?utf-8?q?=ZZ=?=\r\nContent-Transfer-Encoding: "
+        "base64\r\n\r\n====",
+        "Content-Type: message/rfc822\r\n\r\nContent-Type: message/"
+        "rfc822\r\n\r\n",
+        "From: <>\r\nReferences: <<<>>> <a@b> <\r\nIn-Reply-To: >\r\n\r\n",
+    };
+    unsigned char bin[4096];
+    struct mail_parsed m;
+    struct error err;
+    unsigned x = 12345;
+    (void)state;
+
+    for (size_t i = 0; i < ARRAY_SIZE(inputs); i++) {
+        if (mime_parse(inputs[i], strlen(inputs[i]), &m, &err) == 0)
+            assert_non_null(m.text);
+        mime_parsed_free(&m);
+    }
+    for (size_t i = 0; i < sizeof(bin); i++) {
+        x = x * 1103515245u + 12345u;
+        bin[i] = (unsigned char)(x >> 16);
+    }
+    if (mime_parse((const char *)bin, sizeof(bin), &m, &err) == 0)
+        assert_non_null(m.text);
+    mime_parsed_free(&m);
+
+    assert_int_equal(mime_parse("", 0, &m, &err), -1);
+    mime_parsed_free(&m);
+}
+
+static char *nested(int depth, size_t *len)
+{
+    struct strbuf b;
+
+    sb_init(&b);
+    sb_puts(&b, "From: a@example.com\r\nMIME-Version: 1.0\r\n");
+    for (int i = 0; i < depth; i++)
+        sb_printf(&b,
+                  "Content-Type: multipart/mixed; boundary=b%d\r\n\r\n"
+                  "--b%d\r\n",
+                  i, i);
+    sb_puts(&b, "Content-Type: text/plain\r\n\r\ndeep\r\n");
+    for (int i = depth - 1; i >= 0; i--)
+        sb_printf(&b, "--b%d--\r\n", i);
+    *len = b.len;
+    return sb_steal(&b);
+}
+
+static void test_parse_bounds(void **state)
+{
+    struct mail_parsed m;
+    struct error err;
+    size_t len;
+    char *msg;
+    (void)state;
+
+    msg = nested(MIME_MAX_DEPTH, &len);
+    assert_int_equal(mime_parse(msg, len, &m, &err), 0);
+    assert_string_equal(m.text, "deep");
+    mime_parsed_free(&m);
+    free(msg);
+
+    msg = nested(MIME_MAX_DEPTH + 1, &len);
+    assert_int_equal(mime_parse(msg, len, &m, &err), -1);
+    assert_non_null(strstr(err.msg, "nesting"));
+    assert_null(m.text);
+    mime_parsed_free(&m);
+    free(msg);
+
+    msg = nested(5000, &len);
+    assert_int_equal(mime_parse(msg, len, &m, &err), -1);
+    mime_parsed_free(&m);
+    free(msg);
+
+    /* calloc: the pages are never touched when the size is refused */
+    msg = calloc(MIME_MAX_INPUT + 1, 1);
+    assert_non_null(msg);
+    assert_int_equal(mime_parse(msg, MIME_MAX_INPUT + 1, &m, &err), -1);
+    assert_non_null(strstr(err.msg, "limit"));
+    free(msg);
+}
+
+static void test_html_text(void **state)
+{
+    static const struct {
+        const char *html, *text;
+    } cases[] = {
+        {"<p>a</p><p>b</p>", "a\n\nb"},
+        {"a<br>b<br/>c", "a\nb\nc"},
+        {"<div>  lots   of\n\n spaces </div>", "lots of spaces"},
+        {"<pre>  keep\n   this</pre>", "  keep\n   this"},
+        {"x &lt;y&gt; &eacute; &#x1F600;", "x <y> é 😀"},
+        {"<a href='mailto:a@b.c'>a@b.c</a>", "a@b.c"},
+        {"<a href='#top'>top</a>", "top"},
+        {"<a href='javascript:x()'>js</a>", "js"},
+        {"<ol><li>a<li>b</ol>", "- a\n- b"},
+        {"<table><tr><td>1</td><td>2</td></tr><tr><td>3</td></tr></table>",
+         "1 2\n3"},
+        {"<head><title>t</title></head><body>only</body>", "only"},
+        {"<style>x{}</style><script>y()</script><!-- c -->z", "z"},
+        {"", ""},
+        {"<<<>>>", ">>>"}, /* libxml2's recovery drops the "<<<" */
+    };
+    (void)state;
+
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        char *t = html_text_convert(cases[i].html, strlen(cases[i].html));
+        if (strcmp(t, cases[i].text) != 0)
+            fail_msg("html %zu: got \"%s\", want \"%s\"", i, t,
+                     cases[i].text);
+        free(t);
+    }
+
+    /* deep nesting does not recurse */
+    struct strbuf b;
+    sb_init(&b);
+    for (int i = 0; i < 100000; i++)
+        sb_puts(&b, "<div>");
+    sb_puts(&b, "end");
+    char *t = html_text_convert(b.s, b.len);
+    assert_non_null(t);
+    free(t);
+    sb_free(&b);
+}
+
+static int teardown_all(void **state)
+{
+    (void)state;
+    mime_global_cleanup();
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_compose_ascii),
+        cmocka_unit_test(test_compose_ids_unique),
+        cmocka_unit_test(test_compose_utf8),
+        cmocka_unit_test(test_compose_long_line),
+        cmocka_unit_test(test_compose_threading),
+        cmocka_unit_test(test_compose_no_subject),
+        cmocka_unit_test(test_compose_injection_text),
+        cmocka_unit_test(test_compose_injection_refused),
+        cmocka_unit_test(test_parse_plain),
+        cmocka_unit_test(test_parse_alternative),
+        cmocka_unit_test(test_parse_html_only),
+        cmocka_unit_test(test_parse_charsets),
+        cmocka_unit_test(test_parse_forwarded),
+        cmocka_unit_test(test_parse_malformed),
+        cmocka_unit_test(test_parse_garbage),
+        cmocka_unit_test(test_parse_bounds),
+        cmocka_unit_test(test_html_text),
+    };
+    mime_global_init();
+    return cmocka_run_group_tests(tests, NULL, teardown_all);
+}
