@@ -1,5 +1,5 @@
 """postern-admin against a real redis-server: registrations (add, conflict,
-replace, list, remove), queues, sms-inject, usage errors and exit codes,
+replace, list, remove), queues, dead letters, sms-inject, usage errors and exit codes,
 and a Redis that cannot be reached."""
 
 import json
@@ -114,14 +114,15 @@ def check_registrations(conf, r):
 
 def check_queues_and_inject(conf, r):
     out, _ = expect(conf, 0, "queues")
-    assert out.splitlines() == ["%s\tin\t0" % SMS, "%s\tin\t0" % EMAIL], out
+    assert out.splitlines() == ["%s\t%s\t0" % (g, q) for g in (SMS, EMAIL)
+                                for q in ("out", "retry", "dead", "in")], out
     expect(conf, 0, "sms-inject", SMS, "--from", "+15551234567", "--to",
            "+15550001111", "--media", "https://example.com/a.jpg",
            "hello", "there")
     expect(conf, 0, "sms-inject", SMS, "--to", "+15550001111", "--from",
            "+15557654321", "second")
     out, _ = expect(conf, 0, "queues")
-    assert out.splitlines()[0] == "%s\tin\t2" % SMS, out
+    assert out.splitlines()[3] == "%s\tin\t2" % SMS, out
     raw = r.cli("XRANGE", "adm:stream:in:%s" % SMS, "-", "+").splitlines()
     payloads = [json.loads(raw[i + 1]) for i, x in enumerate(raw)
                 if x == "p"]
@@ -141,7 +142,49 @@ def check_queues_and_inject(conf, r):
     expect(conf, 2, "sms-inject", SMS, "--from", "+15551234567", "--to",
            "+15550001111")
     out, _ = expect(conf, 0, "queues")
-    assert out.splitlines()[0] == "%s\tin\t2" % SMS, out
+    assert out.splitlines()[3] == "%s\tin\t2" % SMS, out
+
+
+def dead_letter(r, body):
+    m = {"v": 1, "uid": "u-" + body, "jid": "bob@example.org/phone",
+         "contact": "+15551234567@" + SMS, "from": "+15550001111",
+         "to": "+15551234567", "id": body, "body": body, "at": 1000,
+         "attempt": 7, "last_error": "HTTP 503"}
+    return r.cli("XADD", "adm:stream:dead:out:%s" % SMS, "*", "p",
+                 json.dumps(m)).strip()
+
+
+def check_dead_letters(conf, r):
+    out_key = "adm:stream:out:%s" % SMS
+    ids = [dead_letter(r, "d%d" % i) for i in range(3)]
+    out, _ = expect(conf, 0, "dead", "list", SMS)
+    lines = out.splitlines()
+    assert [x.split("\t")[0] for x in lines] == ids, out
+    f = lines[0].split("\t")
+    assert f[2:] == ["bob@example.org/phone", "+15551234567", "7",
+                     "HTTP 503"], f
+    out, _ = expect(conf, 0, "queues")
+    assert "%s\tdead\t3" % SMS in out.splitlines(), out
+    # one back into the outbound queue, with a fresh start
+    expect(conf, 0, "dead", "retry", SMS, ids[0])
+    raw = r.cli("XRANGE", out_key, "-", "+").splitlines()
+    m = json.loads([x for x in raw if x.startswith("{")][0])
+    assert m["body"] == "d0" and m["attempt"] == 0, m
+    assert m["at"] > 1000 and "last_error" not in m, m
+    expect(conf, 1, "dead", "retry", SMS, ids[0])     # gone now
+    expect(conf, 0, "dead", "drop", SMS, ids[1])
+    expect(conf, 1, "dead", "drop", SMS, ids[1])
+    expect(conf, 0, "dead", "retry", SMS, "all")
+    assert r.cli("XLEN", out_key).strip() == "2"
+    assert r.cli("XLEN", "adm:stream:dead:out:%s" % SMS).strip() == "0"
+    dead_letter(r, "d9")
+    expect(conf, 0, "dead", "drop", SMS, "all")
+    out, _ = expect(conf, 0, "dead", "list", SMS)
+    assert out == "", out
+    expect(conf, 2, "dead", "list")
+    expect(conf, 2, "dead", "bury", SMS)
+    expect(conf, 1, "dead", "drop", SMS, "not-an-id")
+    expect(conf, 1, "dead", "list", "nope.example.org")
 
 
 def check_usage(conf):
@@ -185,6 +228,7 @@ def main():
         check_usage(conf)
         check_registrations(conf, r)
         check_queues_and_inject(conf, r)
+        check_dead_letters(conf, r)
         check_postern_admin_subcommand(conf)
         check_unreachable(tmp)
     print("test_admin: ok")

@@ -658,6 +658,7 @@ static SSL_CTX *make_ssl_ctx(const char *host, bool verify,
         return NULL;
     }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
     /*
      * The handshake itself never fails on the certificate: libESMTP
      * reads SSL_get_verify_result afterwards and asks on_event, which
