@@ -93,6 +93,7 @@ struct opts {
     unsigned hold_ms;
     double release_after; /* s after the last send */
     double timeout;
+    double stall; /* s without progress once all is sent */
     const char *url, *sign_url, *auth_token, *account_sid;
     unsigned concurrency;
     const char *pid_file;
@@ -155,6 +156,10 @@ struct load {
     long rss_max_kb, rss_at_peak_kb;
     size_t peak_inflight;
     double last_rss;
+
+    /* progress, for the stall check */
+    size_t progress;
+    double t_progress;
 };
 
 static struct load L;
@@ -657,6 +662,17 @@ static void on_check(evutil_socket_t fd, short what, void *arg)
         L.released = true;
     }
     if (L.state == X_RUNNING) {
+        size_t p = L.sent + L.errors + L.arrived +
+                   (L.fp ? fast_provider_unique(L.fp) : 0);
+        bool all_sent = L.o.mode == M_OUT ? L.sent == L.o.n
+                                          : atomic_load(&L.wh_done);
+
+        if (p != L.progress || !all_sent || (L.o.hold_ms && !L.released)) {
+            L.progress = p;
+            L.t_progress = now;
+        } else if (now - L.t_progress > L.o.stall) {
+            finish(true, "stalled: no progress since all was sent");
+        }
         if (L.o.mode == M_OUT && L.sent == L.o.n &&
             fast_provider_unique(L.fp) + L.errors >= L.o.n)
             finish(false, NULL);
@@ -917,6 +933,8 @@ static void usage(FILE *f)
                "  --hold-ms MS        provider holds each request MS ...\n"
                "  --release-after S   ... until S s after the last send\n"
                "  --timeout S         give up after S s (default 120)\n"
+            "  --stall S           ... or S s without progress once all\n"
+            "                      is sent (default 10)\n"
                "  --url U --sign-url U --auth-token T --account-sid AC...\n"
                "  -c C                webhook concurrency (default 16)\n"
                "  --pid-file F        postern's pid, for VmRSS samples\n"
@@ -936,6 +954,7 @@ static int parse_opts(int argc, char **argv)
         {"hold-ms", required_argument, NULL, 'H'},
         {"release-after", required_argument, NULL, 'R'},
         {"timeout", required_argument, NULL, 't'},
+        {"stall", required_argument, NULL, 'W'},
         {"url", required_argument, NULL, 'U'},
         {"sign-url", required_argument, NULL, 'S'},
         {"auth-token", required_argument, NULL, 'T'},
@@ -973,6 +992,7 @@ static int parse_opts(int argc, char **argv)
     L.o.account_sid = "AC00000000000000000000000000000000";
     L.o.n = 20000;
     L.o.timeout = 120;
+    L.o.stall = 10;
     L.o.concurrency = 16;
     L.o.release_after = 3;
     L.o.serve_kind = "twilio";

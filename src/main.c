@@ -113,13 +113,23 @@ static void gw_on_state(void *arg, bool up)
 
 /* transport_host.delivery: a provider status -> that gateway's router. */
 static void on_delivery(void *arg, struct transport *t, const char *provider_id,
-                        enum delivery_state state, const struct error *err)
+                        enum delivery_state state, const struct error *err,
+                        void (*done)(void *, const struct error *),
+                        void *done_arg)
 {
     struct app *app = arg;
 
     for (size_t i = 0; i < app->ngws; i++)
-        if (app->gws[i].t == t && app->gws[i].r)
-            router_on_delivery(app->gws[i].r, provider_id, state, err);
+        if (app->gws[i].t == t && app->gws[i].r) {
+            router_on_delivery(app->gws[i].r, provider_id, state, err, done,
+                               done_arg);
+            return;
+        }
+    /* every transport has a router: unreachable, but keep the contract */
+    struct error e;
+    error_set(&e, COND_INTERNAL_SERVER_ERROR, true, "no router for %s",
+              t->conf->jid);
+    done(done_arg, &e);
 }
 
 /*

@@ -18,6 +18,7 @@
 #include "router.h"
 
 #include <ctype.h>
+#include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,6 +99,8 @@ struct op {
     enum delivery_state dstate;
     struct error derr;
     bool has_derr;
+    router_delivery_done_fn *ddone;
+    void *ddone_arg;
 };
 
 /* A stanza as received, with its addresses split once. */
@@ -168,6 +171,8 @@ static bool op_orphaned(struct op *op)
     void *done_arg = op->done_arg;
     outbound_done_fn *odone = op->odone;
     void *odone_arg = op->odone_arg;
+    router_delivery_done_fn *ddone = op->ddone;
+    void *ddone_arg = op->ddone_arg;
     struct error e;
 
     if (op->r)
@@ -175,6 +180,11 @@ static bool op_orphaned(struct op *op)
     op_free(op);
     if (done)
         done(DELIVER_RETRY, done_arg);
+    if (ddone) {
+        error_set(&e, COND_SERVICE_UNAVAILABLE, true,
+                  "The gateway is shutting down");
+        ddone(ddone_arg, &e);
+    }
     if (odone) {
         error_set(&e, COND_SERVICE_UNAVAILABLE, true,
                   "The gateway is shutting down");
@@ -1689,6 +1699,17 @@ void router_send(void *router, const struct outmsg *m, outbound_done_fn *done,
 
 /* ---- delivery status (provider webhooks) --------------------------------- */
 
+/* Ends a delivery-status op: the webhook learns whether it is durable. */
+static void delivery_finish(struct op *op, const struct error *err)
+{
+    router_delivery_done_fn *done = op->ddone;
+    void *arg = op->ddone_arg;
+
+    op_free(op);
+    if (done)
+        done(arg, err);
+}
+
 static void on_notice_pushed(const struct error *err, void *arg)
 {
     struct op *op = arg;
@@ -1696,9 +1717,11 @@ static void on_notice_pushed(const struct error *err, void *arg)
     if (op_orphaned(op))
         return;
     if (err)
-        log_warn(op->r->mod, "delivery status for %s lost: %s", op->addr,
-                 err->msg);
-    op_free(op);
+        log_warn(op->r->mod,
+                 "delivery status for %s not stored (%s): the provider is "
+                 "asked to send it again",
+                 op->addr, err->msg);
+    delivery_finish(op, err);
 }
 
 static void on_receipt_map(const struct error *err, const char *value,
@@ -1716,19 +1739,19 @@ static void on_receipt_map(const struct error *err, const char *value,
     if (err) {
         log_warn(r->mod, "delivery status for %s: cannot look it up: %s",
                  op->addr, err->msg);
-        op_free(op);
+        delivery_finish(op, err);
         return;
     }
     if (!value || outref_from_json(value, &ref, &e) < 0) {
         log_info(r->mod, "delivery status for unknown message %s ignored",
                  op->addr);
-        op_free(op);
+        delivery_finish(op, NULL);
         return;
     }
     if (op->dstate == DELIVERY_DELIVERED && !ref.receipt) {
         log_debug(r->mod, "%s delivered (no receipt requested)", op->addr);
         outref_free_fields(&ref);
-        op_free(op);
+        delivery_finish(op, NULL);
         return;
     }
     memset(&n, 0, sizeof(n));
@@ -1757,14 +1780,32 @@ static void on_receipt_map(const struct error *err, const char *value,
     inmsg_free_fields(&n);
 }
 
+static void delivery_noop(evutil_socket_t fd, short what, void *arg)
+{
+    struct op *op = arg;
+    (void)fd;
+    (void)what;
+    if (op_orphaned(op))
+        return;
+    delivery_finish(op, NULL);
+}
+
 void router_on_delivery(struct router *r, const char *provider_id,
-                        enum delivery_state state, const struct error *err)
+                        enum delivery_state state, const struct error *err,
+                        router_delivery_done_fn *done, void *done_arg)
 {
     struct op *op;
 
-    if (state == DELIVERY_SENT || !provider_id || !*provider_id || !r->queue)
-        return;
     op = op_new(r, ORIGIN_NONE, NULL);
+    op->ddone = done;
+    op->ddone_arg = done_arg;
+    if (state == DELIVERY_SENT || !provider_id || !*provider_id ||
+        !r->queue) {
+        /* nothing to tell the user; still answer after this call */
+        event_base_once(store_event_base(r->store), -1, EV_TIMEOUT,
+                        delivery_noop, op, NULL);
+        return;
+    }
     op->addr = xstrdup(provider_id);
     op->dstate = state;
     if (err) {

@@ -62,8 +62,10 @@ void router_send(void *router, const struct outmsg *m, outbound_done_fn *done,
  * (DELIVERED, when one was requested) or an error (FAILED, err = the
  * provider's reason, may be NULL) as an inbound notice.
  */
+typedef void router_delivery_done_fn(void *arg, const struct error *err);
 void router_on_delivery(struct router *r, const char *provider_id,
-                        enum delivery_state state, const struct error *err);
+                        enum delivery_state state, const struct error *err,
+                        router_delivery_done_fn *done, void *done_arg);
 
 /* Stop taking new outbound messages (they get a wait error). */
 void router_stop(struct router *r);

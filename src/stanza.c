@@ -59,8 +59,10 @@ const char *stanza_error_type(int cond, bool temporary)
         /* over a rate limit: wait; a message too long for the policy:
          * change it (SPEC 3 lists the rate-limit case) */
         return temporary ? "wait" : "modify";
-    case COND_REMOTE_SERVER_TIMEOUT:
     case COND_RECIPIENT_UNAVAILABLE:
+        /* a carrier's final "undelivered" is not worth waiting for */
+        return temporary ? "wait" : "cancel";
+    case COND_REMOTE_SERVER_TIMEOUT:
     case COND_RESOURCE_CONSTRAINT:
         return "wait";
     case COND_CONFLICT:

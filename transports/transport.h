@@ -56,10 +56,16 @@ struct transport_host {
     /*
      * A delivery status for provider_id arrived (status webhook). err is
      * the provider's reason for DELIVERY_FAILED, else NULL. The core maps
-     * provider_id back to the sender and stanza id. May be NULL in tests.
+     * provider_id back to the sender and stanza id and persists what the
+     * user must be told; then done runs exactly once (never inside the
+     * call) with NULL, or with a temporary error when Redis could not take
+     * it -- the webhook then answers 503 so the provider retries. May be
+     * NULL in tests.
      */
     void (*delivery)(void *arg, struct transport *t, const char *provider_id,
-                     enum delivery_state state, const struct error *err);
+                     enum delivery_state state, const struct error *err,
+                     void (*done)(void *done_arg, const struct error *err),
+                     void *done_arg);
     void *delivery_arg;
 };
 

@@ -17,7 +17,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define CHECK(cond)                                                            \
     do {                                                                       \
         if (!(cond)) {                                                         \
-            fprintf(stderr, "fuzz_lmtp: %s:%d: %s\n", __FILE__, __LINE__,    \
+            fprintf(stderr, "fuzz_lmtp: %s:%d: %s\n", __FILE__, __LINE__,      \
                     #cond);                                                    \
             abort();                                                           \
         }                                                                      \
@@ -44,6 +44,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (size_t i = 0; i < alen; i++) {
             unsigned char c = (unsigned char)cmd.addr[i];
             CHECK(c >= 0x20 && c != 0x7f);
+            if (quoted && c == '\\' && i + 1 < alen) {
+                i++; /* quoted-pair: the next byte is literal */
+                CHECK((unsigned char)cmd.addr[i] >= 0x20);
+                continue;
+            }
             if (c == '"')
                 quoted = !quoted;
             if (!quoted)

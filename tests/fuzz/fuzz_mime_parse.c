@@ -57,7 +57,9 @@ static void check_id(const char *s)
 static void check_composed(const char *msg)
 {
     static const char *const names[] = {
-        "Date:", "From:", "To:", "Subject:", "Message-ID:", "MIME-Version:",
+        "Date:",         "From:",
+        "To:",           "Subject:",
+        "Message-ID:",   "MIME-Version:",
         "Content-Type:", "Content-Transfer-Encoding:",
     };
     const char *p = msg;

@@ -126,21 +126,20 @@ int main(int argc, char **argv)
     conf.starttls = xstrdup(str_or(spec, "starttls", "off"));
     conf.user = xstrdup(str_or(spec, "user", ""));
     conf.password = xstrdup(str_or(spec, "password", ""));
-    conf.timeout = json_object_get(spec, "timeout")
-                       ? (unsigned)json_integer_value(
-                             json_object_get(spec, "timeout"))
-                       : 30;
-    conf.workers = json_object_get(spec, "workers")
-                       ? (unsigned)json_integer_value(
-                             json_object_get(spec, "workers"))
-                       : 1;
+    conf.timeout =
+        json_object_get(spec, "timeout")
+            ? (unsigned)json_integer_value(json_object_get(spec, "timeout"))
+            : 30;
+    conf.workers =
+        json_object_get(spec, "workers")
+            ? (unsigned)json_integer_value(json_object_get(spec, "workers"))
+            : 1;
     free_after = json_integer_value(json_object_get(spec, "free_after_ms"));
     msgs = json_object_get(spec, "messages");
     n_msgs = json_array_size(msgs);
 
     base = event_base_new();
-    so = smtp_out_new(base, &conf, str_or(spec, "helo", "postern.test"),
-                      &err);
+    so = smtp_out_new(base, &conf, str_or(spec, "helo", "postern.test"), &err);
     if (!so) {
         printf("{\"new_error\": \"%s\"}\n", err.msg);
         rc = 2;

@@ -87,8 +87,7 @@ struct deferred {
     char rcpts[8][256];
 };
 
-static void data_results(struct deferred *d, lmtp_data_done_fn *done,
-                         void *ctx)
+static void data_results(struct deferred *d, lmtp_data_done_fn *done, void *ctx)
 {
     struct lmtp_result res[8];
 
@@ -121,9 +120,8 @@ static void defer(struct deferred *d)
 {
     struct timeval tv = {0, 0};
 
-    assert_int_equal(event_base_once(cur->base, -1, EV_TIMEOUT, deferred_cb, d,
-                                     &tv),
-                     0);
+    assert_int_equal(
+        event_base_once(cur->base, -1, EV_TIMEOUT, deferred_cb, d, &tv), 0);
 }
 
 static struct held *hold(void)
@@ -386,8 +384,8 @@ static int setup(void **state)
     t->base = event_base_new();
     assert_non_null(t->base);
     cbs.arg = t;
-    t->srv = lmtp_server_new(t->base, "127.0.0.1:0", 100000,
-                             "gw.example.org", &cbs, &err);
+    t->srv = lmtp_server_new(t->base, "127.0.0.1:0", 100000, "gw.example.org",
+                             &cbs, &err);
     if (!t->srv)
         fail_msg("%s", err.msg);
     t->port = lmtp_server_port(t->srv);
@@ -873,8 +871,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_transaction, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_transaction_sync, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_transaction_sync, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pipelining, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dot_unstuffing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_size_limits, setup, teardown),

@@ -34,8 +34,7 @@ static char *load(const char *name, size_t *len)
     char *buf;
     long n;
 
-    snprintf(path, sizeof(path), "%s/mail/%s", dir ? dir : "tests/data",
-             name);
+    snprintf(path, sizeof(path), "%s/mail/%s", dir ? dir : "tests/data", name);
     f = fopen(path, "rb");
     if (!f)
         fail_msg("cannot open %s", path);
@@ -109,10 +108,11 @@ static char *header(const char *hdrs, const char *name)
 }
 
 static const char *const allowed[] = {
-    "Date",         "From",      "To",
-    "Subject",      "Message-ID", "In-Reply-To",
-    "References",   "MIME-Version", "Content-Type",
-    "Content-Transfer-Encoding",
+    "Date",         "From",
+    "To",           "Subject",
+    "Message-ID",   "In-Reply-To",
+    "References",   "MIME-Version",
+    "Content-Type", "Content-Transfer-Encoding",
 };
 
 /* Every header is one of the expected ones, each at most once. */
@@ -418,10 +418,14 @@ static void test_compose_injection_text(void **state)
         "\nBcc: evil@x",
         "x\rBcc: evil@x",
         "x\r\n\r\nBcc: evil@x",
-        "x\xe2\x80\xa8" "Bcc: evil@x", /* U+2028 */
-        "x\xe2\x80\xa9" "Bcc: evil@x", /* U+2029 */
-        "x\xc2\x85" "Bcc: evil@x",     /* U+0085 NEL */
-        "x\x0b\x0c\x1b" "Bcc: evil@x",
+        "x\xe2\x80\xa8"
+        "Bcc: evil@x", /* U+2028 */
+        "x\xe2\x80\xa9"
+        "Bcc: evil@x", /* U+2029 */
+        "x\xc2\x85"
+        "Bcc: evil@x", /* U+0085 NEL */
+        "x\x0b\x0c\x1b"
+        "Bcc: evil@x",
         "x\0\r\nBcc: evil@x", /* C strings end at NUL */
         "x\xff\r\nBcc: evil@x",
     };
@@ -764,8 +768,7 @@ static void test_html_text(void **state)
     for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
         char *t = html_text_convert(cases[i].html, strlen(cases[i].html));
         if (strcmp(t, cases[i].text) != 0)
-            fail_msg("html %zu: got \"%s\", want \"%s\"", i, t,
-                     cases[i].text);
+            fail_msg("html %zu: got \"%s\", want \"%s\"", i, t, cases[i].text);
         free(t);
     }
 

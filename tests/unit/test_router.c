@@ -1148,6 +1148,16 @@ static void message_with_receipt(const char *id, const char *body)
     feed(m);
 }
 
+static int n_ddone, n_ddone_err;
+
+static void delivery_done(void *arg, const struct error *err)
+{
+    (void)arg;
+    n_ddone++;
+    if (err)
+        n_ddone_err++;
+}
+
 static void test_receipts(void **state)
 {
     (void)state;
@@ -1164,8 +1174,8 @@ static void test_receipts(void **state)
     assert_int_equal(n_out, 0);
 
     /* delivered + receipt requested: <received id='r0'/> to the sender */
-    router_on_delivery(router, "SM0", DELIVERY_SENT, NULL);
-    router_on_delivery(router, "SM0", DELIVERY_DELIVERED, NULL);
+    router_on_delivery(router, "SM0", DELIVERY_SENT, NULL, delivery_done, NULL);
+    router_on_delivery(router, "SM0", DELIVERY_DELIVERED, NULL, delivery_done, NULL);
     wait_count(&n_out, 1);
     assert_string_equal(out[0]->name, "message");
     assert_attr(out[0], "from", CONTACT);
@@ -1175,25 +1185,31 @@ static void test_receipts(void **state)
     assert_non_null(rc);
     assert_attr(rc, "id", "r0");
 
+    /* each status is answered once, and stored: the webhook says 2xx */
+    wait_count(&n_ddone, 2);
+    assert_int_equal(n_ddone_err, 0);
+
     /* the provider repeats itself: still one receipt */
-    router_on_delivery(router, "SM0", DELIVERY_DELIVERED, NULL);
+    router_on_delivery(router, "SM0", DELIVERY_DELIVERED, NULL, delivery_done, NULL);
     /* delivered without a receipt request, unknown ids: nothing */
-    router_on_delivery(router, "SM1", DELIVERY_DELIVERED, NULL);
-    router_on_delivery(router, "SM99", DELIVERY_FAILED, NULL);
+    router_on_delivery(router, "SM1", DELIVERY_DELIVERED, NULL, delivery_done, NULL);
+    router_on_delivery(router, "SM99", DELIVERY_FAILED, NULL, delivery_done, NULL);
     run_for(500);
     assert_int_equal(n_out, 1);
+    assert_int_equal(n_ddone, 5);
+    assert_int_equal(n_ddone_err, 0);
 
     /* failed after acceptance: an error with the provider's reason, even
      * while the stream is down (it waits in the queue) */
     sink_up = false;
     error_set(&err, COND_NONE, false, "carrier rejected the message");
-    router_on_delivery(router, "SM2", DELIVERY_FAILED, &err);
+    router_on_delivery(router, "SM2", DELIVERY_FAILED, &err, delivery_done, NULL);
     run_for(500);
     assert_int_equal(n_out, 1);
     sink_up = true;
     queue_kick(queue);
     wait_count(&n_out, 2);
-    assert_error(out[1], "r2", "recipient-unavailable", "wait");
+    assert_error(out[1], "r2", "recipient-unavailable", "cancel");
     assert_attr(out[1], "from", CONTACT);
     assert_attr(out[1], "to", ALICE);
     assert_non_null(strstr(
@@ -1207,7 +1223,7 @@ static void test_receipts(void **state)
     xnode_add(xnode_add_ns(iq, "query", NS_REGISTER), "remove");
     feed(iq);
     size_t before = n_out;
-    router_on_delivery(router, "SM3", DELIVERY_DELIVERED, NULL);
+    router_on_delivery(router, "SM3", DELIVERY_DELIVERED, NULL, delivery_done, NULL);
     run_for(500);
     for (size_t i = before; i < n_out; i++)
         assert_null(xnode_child(out[i], "received", NS_RECEIPTS));

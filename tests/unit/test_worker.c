@@ -135,8 +135,7 @@ static void test_exactly_once_many(void **state)
 
     assert_non_null(p);
     for (size_t i = 0; i < N; i++)
-        assert_int_equal(worker_submit(p, job_count, done_count, &items[i]),
-                         0);
+        assert_int_equal(worker_submit(p, job_count, done_count, &items[i]), 0);
     /* nothing is paid from inside submit */
     assert_int_equal(g_dones, 0);
     assert_int_equal(worker_pending(p), N);
@@ -158,8 +157,7 @@ static void test_single_thread_pool(void **state)
     memset(items, 0, sizeof(items));
     assert_non_null(p);
     for (size_t i = 0; i < ARRAY_SIZE(items); i++)
-        assert_int_equal(worker_submit(p, job_count, done_count, &items[i]),
-                         0);
+        assert_int_equal(worker_submit(p, job_count, done_count, &items[i]), 0);
     run_until(f, &g_dones, (int)ARRAY_SIZE(items));
     check_items(items, ARRAY_SIZE(items));
     worker_pool_free(p);
@@ -263,8 +261,7 @@ static void test_free_with_pending(void **state)
     assert_non_null(p);
     for (size_t i = 0; i < N; i++) {
         items[i].sleep_us = 200;
-        assert_int_equal(worker_submit(p, job_count, done_count, &items[i]),
-                         0);
+        assert_int_equal(worker_submit(p, job_count, done_count, &items[i]), 0);
     }
     /* some jobs running, most still queued, no done paid yet */
     worker_pool_free(p);
@@ -315,8 +312,8 @@ static void job_sigmask(void *arg)
 
     (void)arg;
     pthread_sigmask(SIG_SETMASK, NULL, &cur);
-    atomic_store(&sigpipe_blocked, sigismember(&cur, SIGPIPE) &&
-                                       sigismember(&cur, SIGTERM));
+    atomic_store(&sigpipe_blocked,
+                 sigismember(&cur, SIGPIPE) && sigismember(&cur, SIGTERM));
 }
 
 static void test_signals_blocked_in_workers(void **state)
@@ -374,14 +371,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_single_thread_pool, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_parallel, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_submit_from_done, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_submit_from_done, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_with_pending, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_submit_refused_while_freeing,
                                         setup, teardown),
-        cmocka_unit_test_setup_teardown(test_signals_blocked_in_workers,
-                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_signals_blocked_in_workers, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_bad_args, setup, teardown),
         cmocka_unit_test_setup_teardown(test_submit_null_callbacks, setup,
                                         teardown),

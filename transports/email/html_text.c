@@ -30,13 +30,13 @@ static const char *const skipped[] = {
 };
 
 static const char *const blocks[] = {
-    "address", "article", "aside",  "blockquote", "center", "dd",
-    "details", "dialog",  "div",    "dl",         "dt",     "fieldset",
-    "figcaption", "figure", "footer", "form",     "h1",     "h2",
-    "h3",      "h4",      "h5",     "h6",         "header", "hr",
-    "main",    "nav",     "ol",     "p",          "pre",    "section",
-    "summary", "table",   "tbody",  "thead",      "tfoot",  "tr",
-    "ul",      "li",      "body",   "html",
+    "address",    "article", "aside",  "blockquote", "center", "dd",
+    "details",    "dialog",  "div",    "dl",         "dt",     "fieldset",
+    "figcaption", "figure",  "footer", "form",       "h1",     "h2",
+    "h3",         "h4",      "h5",     "h6",         "header", "hr",
+    "main",       "nav",     "ol",     "p",          "pre",    "section",
+    "summary",    "table",   "tbody",  "thead",      "tfoot",  "tr",
+    "ul",         "li",      "body",   "html",
 };
 
 static bool name_in(const xmlNode *n, const char *const *list, size_t count)

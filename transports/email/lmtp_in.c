@@ -122,10 +122,17 @@ static int parse_path(const char **pp, const char *end, struct lmtp_cmd *cmd,
     }
     start = ++p;
     for (; p < end; p++) {
+        if (*p == '\t') {
+            cmd->error = "501 5.1.3 Bad address syntax";
+            return -1;
+        }
         if (quoted) {
-            if (*p == '\\' && p + 1 < end)
-                p++;
-            else if (*p == '"')
+            if (*p == '\\' && p + 1 < end) {
+                if (*++p == '\t') {
+                    cmd->error = "501 5.1.3 Bad address syntax";
+                    return -1;
+                }
+            } else if (*p == '"')
                 quoted = false;
             continue;
         }
@@ -146,7 +153,10 @@ static int parse_path(const char **pp, const char *end, struct lmtp_cmd *cmd,
     /* RFC 5321 4.1.2: a source route is accepted and ignored. */
     if (n && *start == '@') {
         const char *colon = memchr(start, ':', n);
-        if (!colon) {
+        size_t rlen = colon ? (size_t)(colon - start) : 0;
+        /* a route is "@host,@host": hosts, dots, commas, literals */
+        if (!colon || strspn(start, "@.,-[]0123456789abcdefghijklmnopqrstuvwxyz"
+                                    "ABCDEFGHIJKLMNOPQRSTUVWXYZ") < rlen) {
             cmd->error = "501 5.1.3 Bad address syntax";
             return -1;
         }
@@ -752,8 +762,8 @@ static void process(struct lmtp_conn *c)
             continue;
         }
         if (c->discarding) {
-            struct evbuffer_ptr eol = evbuffer_search_eol(in, NULL, NULL,
-                                                          EVBUFFER_EOL_LF);
+            struct evbuffer_ptr eol =
+                evbuffer_search_eol(in, NULL, NULL, EVBUFFER_EOL_LF);
             if (eol.pos < 0) {
                 evbuffer_drain(in, evbuffer_get_length(in));
                 break;
@@ -944,8 +954,7 @@ static bool hostname_ok(const char *h)
     return true;
 }
 
-struct lmtp_server *lmtp_server_new(struct event_base *base,
-                                    const char *listen,
+struct lmtp_server *lmtp_server_new(struct event_base *base, const char *listen,
                                     size_t max_message_size,
                                     const char *hostname,
                                     const struct lmtp_callbacks *cbs,
@@ -984,13 +993,12 @@ struct lmtp_server *lmtp_server_new(struct event_base *base,
     s->cbs = *cbs;
     s->max_conns = LMTP_MAX_CONNS;
     s->idle_ms = LMTP_IDLE_TIMEOUT * 1000u;
-    s->lis = evconnlistener_new_bind(
-        base, accept_cb, s, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, -1,
-        (struct sockaddr *)&ss, (int)sslen);
+    s->lis = evconnlistener_new_bind(base, accept_cb, s,
+                                     LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE,
+                                     -1, (struct sockaddr *)&ss, (int)sslen);
     if (!s->lis) {
         error_set(err, COND_INTERNAL_SERVER_ERROR, false,
-                  "lmtp: cannot listen on %.60s: %s", listen,
-                  strerror(errno));
+                  "lmtp: cannot listen on %.60s: %s", listen, strerror(errno));
         free(s->hostname);
         free(s);
         return NULL;

@@ -16,11 +16,12 @@ struct event_base;
 struct lmtp_server;
 
 /* Limits of one server (the defaults lmtp_server_new uses). */
-#define LMTP_MAX_LINE 4096    /* command line, CRLF included */
-#define LMTP_MAX_RCPTS 100    /* accepted recipients per transaction */
-#define LMTP_MAX_CONNS 64     /* further clients get 421 and are closed */
-#define LMTP_IDLE_TIMEOUT 300 /* seconds without input (not while a
-                                 callback is pending) */
+#define LMTP_MAX_LINE 4096 /* command line, CRLF included */
+#define LMTP_MAX_RCPTS 100 /* accepted recipients per transaction */
+#define LMTP_MAX_CONNS 64  /* further clients get 421 and are closed */
+#define LMTP_IDLE_TIMEOUT                                                      \
+    300 /* seconds without input (not while a                                  \
+           callback is pending) */
 
 enum lmtp_rcpt_result {
     LMTP_RCPT_OK,
@@ -53,9 +54,9 @@ typedef void lmtp_data_done_fn(void *ctx, const struct lmtp_result *results);
 struct lmtp_callbacks {
     void (*rcpt)(void *arg, const char *rcpt, lmtp_rcpt_done_fn *done,
                  void *ctx);
-    void (*data)(void *arg, const char *mail_from, char *const *rcpts,
-                 size_t n, const char *data, size_t len,
-                 lmtp_data_done_fn *done, void *ctx);
+    void (*data)(void *arg, const char *mail_from, char *const *rcpts, size_t n,
+                 const char *data, size_t len, lmtp_data_done_fn *done,
+                 void *ctx);
     void *arg;
 };
 
@@ -65,8 +66,7 @@ struct lmtp_callbacks {
  * copied) names the server in the greeting; max_message_size bounds a
  * message (SIZE= and data). cbs is copied. NULL with err on failure.
  */
-struct lmtp_server *lmtp_server_new(struct event_base *base,
-                                    const char *listen,
+struct lmtp_server *lmtp_server_new(struct event_base *base, const char *listen,
                                     size_t max_message_size,
                                     const char *hostname,
                                     const struct lmtp_callbacks *cbs,
@@ -101,9 +101,9 @@ struct lmtp_cmd {
     enum lmtp_verb verb;
     /* 0, or the reply for a syntax error ("501 5.5.4 ..."; static) */
     const char *error;
-    char addr[257];       /* MAIL/RCPT path without <>; LHLO domain */
-    long long size;       /* MAIL SIZE=, -1 when absent */
-    bool has_args;        /* anything after the verb */
+    char addr[257]; /* MAIL/RCPT path without <>; LHLO domain */
+    long long size; /* MAIL SIZE=, -1 when absent */
+    bool has_args;  /* anything after the verb */
 };
 
 /*

@@ -276,17 +276,17 @@ char *mime_compose(const struct mail_compose *c, size_t *len, char **msgid,
         /* Content set as bytes: g_mime_text_part_set_text would recode to
          * the "best" charset (ISO-8859-1 for most Latin text). */
         GMimeStream *s = g_mime_stream_mem_new_with_buffer(body, strlen(body));
-        GMimeDataWrapper *w =
-            g_mime_data_wrapper_new_with_stream(s, GMIME_CONTENT_ENCODING_DEFAULT);
+        GMimeDataWrapper *w = g_mime_data_wrapper_new_with_stream(
+            s, GMIME_CONTENT_ENCODING_DEFAULT);
         g_mime_part_set_content(GMIME_PART(part), w);
         g_object_unref(w);
         g_object_unref(s);
     }
     g_mime_text_part_set_charset(part, "utf-8");
-    g_mime_part_set_content_encoding(GMIME_PART(part),
-                                     body_needs_qp(body)
-                                         ? GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE
-                                         : GMIME_CONTENT_ENCODING_7BIT);
+    g_mime_part_set_content_encoding(
+        GMIME_PART(part), body_needs_qp(body)
+                              ? GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE
+                              : GMIME_CONTENT_ENCODING_7BIT);
     g_mime_message_set_mime_part(m, GMIME_OBJECT(part));
 
     fo = g_mime_format_options_new();
@@ -392,12 +392,11 @@ static void add_attachment(struct walk *w, const char *name, size_t size,
 
 static bool is_signature(GMimeContentType *ct)
 {
-    return ct && (g_mime_content_type_is_type(ct, "application",
-                                              "pgp-signature") ||
-                  g_mime_content_type_is_type(ct, "application",
-                                              "pkcs7-signature") ||
-                  g_mime_content_type_is_type(ct, "application",
-                                              "x-pkcs7-signature"));
+    return ct &&
+           (g_mime_content_type_is_type(ct, "application", "pgp-signature") ||
+            g_mime_content_type_is_type(ct, "application", "pkcs7-signature") ||
+            g_mime_content_type_is_type(ct, "application",
+                                        "x-pkcs7-signature"));
 }
 
 static void walk(struct walk *w, GMimeObject *obj, int depth)
@@ -423,11 +422,9 @@ static void walk(struct walk *w, GMimeObject *obj, int depth)
         /* A forwarded message is listed, not read as the body. */
         GMimeMessagePart *mp = GMIME_MESSAGE_PART(obj);
         GMimeMessage *inner = g_mime_message_part_get_message(mp);
-        GMimeContentDisposition *d =
-            g_mime_object_get_content_disposition(obj);
+        GMimeContentDisposition *d = g_mime_object_get_content_disposition(obj);
         const char *name =
-            d ? g_mime_content_disposition_get_parameter(d, "filename")
-              : NULL;
+            d ? g_mime_content_disposition_get_parameter(d, "filename") : NULL;
         if (!name && inner)
             name = g_mime_message_get_subject(inner);
         add_attachment(w, name && *name ? name : "forwarded message",
@@ -540,7 +537,8 @@ static void parse_ids(GMimeMessage *m, GMimeParserOptions *po,
     v = g_mime_object_get_header(GMIME_OBJECT(m), "In-Reply-To");
     if (v && (r = g_mime_references_parse(po, v))) {
         for (int i = 0; i < g_mime_references_length(r); i++) {
-            out->in_reply_to = id_or_null(g_mime_references_get_message_id(r, i));
+            out->in_reply_to =
+                id_or_null(g_mime_references_get_message_id(r, i));
             if (out->in_reply_to)
                 break;
         }
@@ -582,8 +580,8 @@ int mime_parse(const char *data, size_t len, struct mail_parsed *out,
     memset(out, 0, sizeof(*out));
     if (len > MIME_MAX_INPUT) {
         error_set(err, COND_POLICY_VIOLATION, false,
-                  "mime: message of %zu bytes is above the limit of %u",
-                  len, MIME_MAX_INPUT);
+                  "mime: message of %zu bytes is above the limit of %u", len,
+                  MIME_MAX_INPUT);
         return -1;
     }
     if (!data || len == 0) {
@@ -593,8 +591,8 @@ int mime_parse(const char *data, size_t len, struct mail_parsed *out,
     mime_global_init();
 
     po = g_mime_parser_options_new();
-    g_mime_parser_options_set_rfc2047_compliance_mode(po,
-                                                      GMIME_RFC_COMPLIANCE_LOOSE);
+    g_mime_parser_options_set_rfc2047_compliance_mode(
+        po, GMIME_RFC_COMPLIANCE_LOOSE);
     g_mime_parser_options_set_address_compliance_mode(
         po, GMIME_RFC_COMPLIANCE_LOOSE);
     g_mime_parser_options_set_parameter_compliance_mode(

@@ -52,7 +52,7 @@ char *mime_compose(const struct mail_compose *c, size_t *len, char **msgid,
                    struct error *err);
 
 struct mail_attachment {
-    char *name; /* decoded filename, else a short description; never NULL */
+    char *name;  /* decoded filename, else a short description; never NULL */
     size_t size; /* decoded bytes */
     char *type;  /* "type/subtype", lower case */
 };
@@ -63,12 +63,12 @@ struct mail_attachment {
  * have none.
  */
 struct mail_parsed {
-    char *from_addr; /* valid address, domain lower-cased; NULL if absent
-                        or unusable */
-    char *from_name; /* display name or NULL */
-    char *subject;   /* decoded UTF-8, NULL if absent or blank */
-    char *text;      /* text/plain part, else text from the HTML part;
-                        "" when there is neither; LF line ends */
+    char *from_addr;   /* valid address, domain lower-cased; NULL if absent
+                          or unusable */
+    char *from_name;   /* display name or NULL */
+    char *subject;     /* decoded UTF-8, NULL if absent or blank */
+    char *text;        /* text/plain part, else text from the HTML part;
+                          "" when there is neither; LF line ends */
     char *message_id;  /* without <> or NULL */
     char *in_reply_to; /* first id without <> or NULL */
     char **references; /* without <>, in header order */

@@ -66,7 +66,7 @@ struct smtp_item {
     void *arg;
     struct smtp_item *next;
     /* worker thread while its batch runs, then the loop thread */
-    bool given;  /* message callback handed out the data */
+    bool given; /* message callback handed out the data */
     bool failed;
     struct error err;
     int code; /* final SMTP code seen, for the log */
@@ -304,11 +304,11 @@ static void on_event(smtp_session_t s, int event, void *arg, ...)
     va_end(ap);
 }
 
-static void item_fail(struct smtp_item *it, bool temporary, int cond,
-                      int code, const char *fmt, ...) PRINTF_LIKE(5, 6);
+static void item_fail(struct smtp_item *it, bool temporary, int cond, int code,
+                      const char *fmt, ...) PRINTF_LIKE(5, 6);
 
-static void item_fail(struct smtp_item *it, bool temporary, int cond,
-                      int code, const char *fmt, ...)
+static void item_fail(struct smtp_item *it, bool temporary, int cond, int code,
+                      const char *fmt, ...)
 {
     va_list ap;
 
@@ -321,32 +321,32 @@ static void item_fail(struct smtp_item *it, bool temporary, int cond,
     va_end(ap);
 }
 
-/* Why the session ended early, for messages without a status. */
-static void session_reason(const struct smtp_batch *b, int serr, char *buf,
-                           size_t size)
+/* Fails a message that got no status: why the session ended early. */
+static void fail_session(struct smtp_item *it, const struct smtp_batch *b,
+                         int serr)
 {
     char ebuf[128];
     uint64_t took = b->ended_ms - b->started_ms;
 
     if (b->tls_problem[0]) {
-        snprintf(buf, size, "%s", b->tls_problem);
+        item_fail(it, true, 0, 0, "%s", b->tls_problem);
         return;
     }
     if (b->auth_refused) {
-        snprintf(buf, size, "SMTP AUTH refused: %s", b->auth_text);
+        item_fail(it, true, 0, 0, "SMTP AUTH refused: %s", b->auth_text);
         return;
     }
     if (serr == 0) {
-        snprintf(buf, size, "the relay ended the session early");
+        item_fail(it, true, 0, 0, "the relay ended the session early");
         return;
     }
     smtp_strerror(serr, ebuf, sizeof(ebuf));
     if ((long)took + 200 >= b->so->timeout_ms &&
         (serr == SMTP_ERR_DROPPED_CONNECTION || serr == ETIMEDOUT))
-        snprintf(buf, size, "no answer from the relay within %ld s (%s)",
-                 b->so->timeout_ms / 1000, ebuf);
+        item_fail(it, true, 0, 0, "no answer from the relay within %ld s (%s)",
+                  b->so->timeout_ms / 1000, ebuf);
     else
-        snprintf(buf, size, "%s", ebuf);
+        item_fail(it, true, 0, 0, "%s", ebuf);
 }
 
 /* A reply of 400 or more at one step of one message: permanent or not. */
@@ -358,8 +358,8 @@ static void status_fail(struct smtp_item *it, const struct smtp_batch *b,
 
     clean_text(text, sizeof(text), st->text);
     if (st->enh_class > 0)
-        snprintf(enh, sizeof(enh), "%d.%d.%d ", st->enh_class,
-                 st->enh_subject, st->enh_detail);
+        snprintf(enh, sizeof(enh), "%d.%d.%d ", st->enh_class, st->enh_subject,
+                 st->enh_detail);
     if (b->auth_refused)
         item_fail(it, true, 0, st->code,
                   "SMTP AUTH refused (%s); then %s: %d %s%s", b->auth_text,
@@ -368,15 +368,14 @@ static void status_fail(struct smtp_item *it, const struct smtp_batch *b,
         item_fail(it, false, cond, st->code, "%s refused: %d %s%s", step,
                   st->code, enh, text);
     else
-        item_fail(it, true, 0, st->code, "%s deferred: %d %s%s", step,
-                  st->code, enh, text);
+        item_fail(it, true, 0, st->code, "%s deferred: %d %s%s", step, st->code,
+                  enh, text);
 }
 
 static void judge(struct smtp_item *it, const struct smtp_batch *b,
                   smtp_message_t m, smtp_recipient_t r, int serr)
 {
     const smtp_status_t *st;
-    char why[SMTP_TEXT_MAX];
 
     st = smtp_reverse_path_status(m);
     if (st && st->code >= 400) {
@@ -397,8 +396,7 @@ static void judge(struct smtp_item *it, const struct smtp_batch *b,
         status_fail(it, b, st, "DATA", COND_NOT_ACCEPTABLE);
         return;
     }
-    session_reason(b, serr, why, sizeof(why));
-    item_fail(it, true, 0, 0, "%s", why);
+    fail_session(it, b, serr);
 }
 
 static void session_job(void *arg)
@@ -410,8 +408,7 @@ static void session_job(void *arg)
     auth_context_t auth = NULL;
     smtp_session_t s;
     static const int which[] = {Timeout_GREETING, Timeout_ENVELOPE,
-                                Timeout_DATA, Timeout_TRANSFER,
-                                Timeout_DATA2};
+                                Timeout_DATA, Timeout_TRANSFER, Timeout_DATA2};
     bool setup_ok = true;
     int ok, serr = 0;
 
@@ -419,18 +416,17 @@ static void session_job(void *arg)
     s = smtp_create_session();
     if (!s) {
         for (size_t i = 0; i < b->n; i++)
-            item_fail(b->items[i], true, 0, 0,
-                      "cannot create an SMTP session");
+            item_fail(b->items[i], true, 0, 0, "cannot create an SMTP session");
         return;
     }
     setup_ok = smtp_set_server(s, so->hostport) &&
                (!so->helo || smtp_set_hostname(s, so->helo)) &&
                smtp_set_eventcb(s, on_event, b);
     for (size_t i = 0; i < ARRAY_SIZE(which); i++)
-        setup_ok = setup_ok &&
-                   smtp_set_timeout(s,
-                                    which[i] | Timeout_OVERRIDE_RFC2822_MINIMUM,
-                                    so->timeout_ms);
+        setup_ok =
+            setup_ok &&
+            smtp_set_timeout(s, which[i] | Timeout_OVERRIDE_RFC2822_MINIMUM,
+                             so->timeout_ms);
     setup_ok = setup_ok && smtp_starttls_enable(s, so->tls);
     if (so->ssl_ctx)
         setup_ok = setup_ok && smtp_starttls_set_ctx(s, so->ssl_ctx);
@@ -446,11 +442,11 @@ static void session_job(void *arg)
         struct smtp_item *it = b->items[i];
 
         msgs[i] = smtp_add_message(s);
-        setup_ok = msgs[i] &&
-                   smtp_set_reverse_path(msgs[i],
-                                         it->from[0] ? it->from : NULL) &&
-                   (rcpts[i] = smtp_add_recipient(msgs[i], it->rcpt)) &&
-                   smtp_set_messagecb(msgs[i], on_message, it);
+        setup_ok =
+            msgs[i] &&
+            smtp_set_reverse_path(msgs[i], it->from[0] ? it->from : NULL) &&
+            (rcpts[i] = smtp_add_recipient(msgs[i], it->rcpt)) &&
+            smtp_set_messagecb(msgs[i], on_message, it);
     }
     if (!setup_ok) {
         char ebuf[128];
@@ -467,14 +463,10 @@ static void session_job(void *arg)
     serr = smtp_errno();
     b->ended_ms = now_ms();
     for (size_t i = 0; i < b->n; i++) {
-        if (ok) {
+        if (ok)
             judge(b->items[i], b, msgs[i], rcpts[i], serr);
-        } else {
-            char why[SMTP_TEXT_MAX];
-
-            session_reason(b, serr, why, sizeof(why));
-            item_fail(b->items[i], true, 0, 0, "%s", why);
-        }
+        else
+            fail_session(b->items[i], b, serr);
     }
 out:
     smtp_destroy_session(s); /* before the auth context it points to */
@@ -502,8 +494,7 @@ static void item_finish(struct smtp_out *so, struct smtp_item *it)
     if (!it->failed)
         log_info(MOD, "to %s: accepted (%d)", mask, it->code);
     else if (strncmp(it->err.msg, "SMTP AUTH refused", 17) == 0)
-        log_err(MOD, "to %s: %s (check smtp user/password)", mask,
-                it->err.msg);
+        log_err(MOD, "to %s: %s (check smtp user/password)", mask, it->err.msg);
     else
         log_warn(MOD, "to %s: %s (%s)", mask, it->err.msg,
                  it->err.temporary ? "temporary" : "permanent");
@@ -571,8 +562,7 @@ static bool addr_ok(const char *a, bool empty_ok)
     if (n > SMTP_ADDR_MAX || !strchr(a, '@'))
         return false;
     for (const char *p = a; *p; p++)
-        if ((unsigned char)*p <= 0x20 || *p == 0x7f || *p == '<' ||
-            *p == '>')
+        if ((unsigned char)*p <= 0x20 || *p == 0x7f || *p == '<' || *p == '>')
             return false;
     return true;
 }
@@ -603,8 +593,7 @@ int smtp_out_send(struct smtp_out *so, const struct smtp_msg *m,
     }
     if (!m->data || m->len == 0 || m->len > SMTP_OUT_MAX_DATA) {
         error_set(err, COND_NOT_ACCEPTABLE, false,
-                  "message empty or larger than %u bytes",
-                  SMTP_OUT_MAX_DATA);
+                  "message empty or larger than %u bytes", SMTP_OUT_MAX_DATA);
         return -1;
     }
     it = xcalloc(1, sizeof(*it));
@@ -645,8 +634,7 @@ static bool is_ip_literal(const char *h)
     return inet_pton(AF_INET, h, buf) == 1 || inet_pton(AF_INET6, h, buf) == 1;
 }
 
-static SSL_CTX *make_ssl_ctx(const char *host, bool verify,
-                             struct error *err)
+static SSL_CTX *make_ssl_ctx(const char *host, bool verify, struct error *err)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
     X509_VERIFY_PARAM *vp;
@@ -658,7 +646,15 @@ static SSL_CTX *make_ssl_ctx(const char *host, bool verify,
         return NULL;
     }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+    /*
+     * TLS 1.2 at most: libESMTP 1.1's loop (protocol.c + siobuf.c) polls
+     * for read and write together after STARTTLS and handles the read
+     * first; a TLS 1.3 NewSessionTicket arriving then makes it block in
+     * SSL_read for the EHLO reply before it has flushed EHLO, until the
+     * timeout (reproduced with the aiosmtpd sink in about half the
+     * sessions). TLS 1.2 has no post-handshake messages.
+     */
+    SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
     /*
      * The handshake itself never fails on the certificate: libESMTP
      * reads SSL_get_verify_result afterwards and asks on_event, which
@@ -693,13 +689,11 @@ struct smtp_out *smtp_out_new(struct event_base *base,
 {
     struct smtp_out *so;
     enum starttls_option tls;
-    const char *tls_name = conf && conf->starttls ? conf->starttls
-                                                  : "required";
+    const char *tls_name = conf && conf->starttls ? conf->starttls : "required";
     bool v6;
 
     if (!base || !conf || !conf->host || !conf->host[0]) {
-        error_set(err, COND_INTERNAL_SERVER_ERROR, false,
-                  "smtp.host: missing");
+        error_set(err, COND_INTERNAL_SERVER_ERROR, false, "smtp.host: missing");
         return NULL;
     }
     if (conf->port < 1 || conf->port > 65535) {
@@ -741,8 +735,7 @@ struct smtp_out *smtp_out_new(struct event_base *base,
     so->host = xstrdup(conf->host);
     /* libESMTP splits at the last ':'; an IPv6 literal needs brackets */
     v6 = strchr(conf->host, ':') != NULL && conf->host[0] != '[';
-    so->hostport = xasprintf(v6 ? "[%s]:%d" : "%s:%d", conf->host,
-                             conf->port);
+    so->hostport = xasprintf(v6 ? "[%s]:%d" : "%s:%d", conf->host, conf->port);
     so->helo = helo_name && helo_name[0] ? xstrdup(helo_name) : NULL;
     if (conf->user && conf->user[0]) {
         so->user = xstrdup(conf->user);
@@ -760,8 +753,8 @@ struct smtp_out *smtp_out_new(struct event_base *base,
     if (!so->pool)
         goto fail;
     auth_ref();
-    log_info(MOD, "relay %s, STARTTLS %s, AUTH %s, %u worker(s)",
-             so->hostport, tls_name, so->user ? "on" : "off", so->workers);
+    log_info(MOD, "relay %s, STARTTLS %s, AUTH %s, %u worker(s)", so->hostport,
+             tls_name, so->user ? "on" : "off", so->workers);
     return so;
 fail:
     SSL_CTX_free(so->ssl_ctx);

@@ -29,6 +29,8 @@
  *   "optional"  opportunistic (RFC 7435): STARTTLS when offered, the
  *               certificate is not checked, plain text otherwise;
  *   "off"       never STARTTLS.
+ * TLS 1.2 only: libESMTP 1.1 can stall after a TLS 1.3 handshake (a
+ * NewSessionTicket read before EHLO is flushed), see make_ssl_ctx().
  * AUTH PLAIN or LOGIN with conf->user/password when user is non-empty
  * (user and password at most 255 bytes each).
  *

@@ -1008,19 +1008,33 @@ static void handle_inbound(struct transport *t, struct http_request *req,
     hook_push(k);
 }
 
+/* The status is durable (or needs no notice): 204; else 503 so the
+ * provider sends it again. */
+static void status_done(void *arg, const struct error *err)
+{
+    struct http_request *req = arg;
+
+    if (err)
+        http_reply(req, 503, "text/plain", "status not stored; retry\n", 25);
+    else
+        http_reply(req, 204, NULL, NULL, 0);
+}
+
 static void handle_status(struct transport *t, struct http_request *req,
                           struct sms_status *st)
 {
     static const char *const names[] = {"sent", "delivered", "failed"};
 
-    if (st->provider_id) {
+    if (st->provider_id && t->host->delivery) {
         log_info(t->module, "webhook: status of %s: %s%s%s", st->provider_id,
                  names[st->state], st->state == DELIVERY_FAILED ? ": " : "",
                  st->state == DELIVERY_FAILED ? st->err.msg : "");
-        if (t->host->delivery)
-            t->host->delivery(t->host->delivery_arg, t, st->provider_id,
-                              st->state,
-                              st->state == DELIVERY_FAILED ? &st->err : NULL);
+        t->host->delivery(t->host->delivery_arg, t, st->provider_id,
+                          st->state,
+                          st->state == DELIVERY_FAILED ? &st->err : NULL,
+                          status_done, req);
+        sms_status_free(st);
+        return;
     }
     sms_status_free(st);
     http_reply(req, 204, NULL, NULL, 0);
