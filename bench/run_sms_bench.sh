@@ -19,13 +19,13 @@
 # Environment: BUILD_DIR (default <repo>/build-bench), N_MAX (20000),
 # N_IN (20000), RATE (5000), LAT_SECONDS (10), N_FLIGHT (10000),
 # CONC (16: provider max_connections, curl and webhook concurrency),
-# LOG_LEVEL (info), KEEP=1 keeps the work directory, PERF=1 records
-# `perf record -g` of postern during phases b and e (reports in the work
-# directory).
+# LOG_LEVEL (info), PHASES ("a b c d e": the phases to run), KEEP=1 keeps the work directory, PERF=1 records
+# `perf record $PERF_ARGS` (default -g; try "--call-graph dwarf") of
+# postern during phases b and e (reports in the work directory).
 set -u
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BUILD_DIR=${BUILD_DIR:-$ROOT/build-bench}
+BUILD_DIR=${BUILD_DIR:-$ROOT/build-bench$([ "${PERF:-0}" = 1 ] && echo -perf)}
 N_MAX=${N_MAX:-20000}
 N_IN=${N_IN:-20000}
 RATE=${RATE:-5000}
@@ -34,6 +34,8 @@ N_FLIGHT=${N_FLIGHT:-10000}
 CONC=${CONC:-16}
 LOG_LEVEL=${LOG_LEVEL:-info}
 PERF=${PERF:-0}
+PERF_ARGS=${PERF_ARGS:--g}
+PHASES=${PHASES:-a b c d e}
 WORK=$(mktemp -d /tmp/postern-bench.XXXXXX)
 SECRET=bench-secret-$$
 TOKEN=bench-token-$$
@@ -42,6 +44,11 @@ GW=sms.localhost
 PIDS=()
 T_START=$(date +%s)
 HZ=$(getconf CLK_TCK)
+
+want() {
+    case " $PHASES " in *" $1 "*) return 0 ;; esac
+    return 1
+}
 
 die() {
     echo "run_sms_bench: $*" >&2
@@ -108,8 +115,11 @@ stop_pid() {
 
 # ---- build ----------------------------------------------------------------
 echo "== building (Release) into $BUILD_DIR" >&2
+EXTRA_CFLAGS=
+# frame pointers so that perf's call graphs mean something
+[ "$PERF" = 1 ] && EXTRA_CFLAGS=-fno-omit-frame-pointer
 cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release \
-    >"$WORK/cmake.log" 2>&1 || { cat "$WORK/cmake.log" >&2; die "cmake failed"; }
+    -DCMAKE_C_FLAGS="$EXTRA_CFLAGS" >"$WORK/cmake.log" 2>&1 || { cat "$WORK/cmake.log" >&2; die "cmake failed"; }
 cmake --build "$BUILD_DIR" -j"$(nproc)" --target postern \
     >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log" >&2; die "build failed"; }
 POSTERN=$BUILD_DIR/postern
@@ -195,7 +205,7 @@ run_phase() {
     PIDS+=("$ppid")
     echo "$ppid" >"$WORK/$name.pid"
     if [ "$PERF" = 1 ] && [ "$name" = max -o "$name" = in ]; then
-        perf record -g -o "$WORK/$name.perf.data" -p "$ppid" \
+        perf record $PERF_ARGS -o "$WORK/$name.perf.data" -p "$ppid" \
             >"$WORK/$name.perf.log" 2>&1 &
         perf_pid=$!
         PIDS+=("$perf_pid")
@@ -239,6 +249,8 @@ serve() {
 }
 
 # ---- a: curl-multi ceiling ----------------------------------------------------
+CEIL= WCEIL=
+if want a; then
 echo "== a: raw curl-multi POST ceiling (N=$N_MAX, C=$CONC)" >&2
 serve twilio
 CEIL_BODY="To=%2B15552000001&From=%2B15550001111&Body=b1+The+quick+brown+fox+jumps+over+the+lazy+dog+0123456789&StatusCallback=http%3A%2F%2F127.0.0.1%3A8080%2Fsms%2Fsms.localhost%2Fstatus"
@@ -247,16 +259,24 @@ R[ceil.line]=$("$BUILD_DIR/bench/curl_ceiling" \
     "$N_MAX" "$CONC" "$CEIL_BODY")
 stop_pid "$SRV_PID"
 CEIL=$(kv "${R[ceil.line]}" req_per_s)
+fi
 
 # ---- b, c, d: XMPP -> provider ------------------------------------------------
-echo "== b: XMPP -> provider, max rate (N=$N_MAX)" >&2
-run_phase max 60 out -n "$N_MAX"
-echo "== c: XMPP -> provider at $RATE msg/s for $LAT_SECONDS s" >&2
-run_phase lat 60 out -n $((RATE * LAT_SECONDS)) --rate "$RATE"
-echo "== d: $N_FLIGHT messages in flight (provider holds requests 2 s)" >&2
-run_phase flight 90 out -n "$N_FLIGHT" --hold-ms 2000 --release-after 5
+if want b; then
+    echo "== b: XMPP -> provider, max rate (N=$N_MAX)" >&2
+    run_phase max 60 out -n "$N_MAX"
+fi
+if want c; then
+    echo "== c: XMPP -> provider at $RATE msg/s for $LAT_SECONDS s" >&2
+    run_phase lat 60 out -n $((RATE * LAT_SECONDS)) --rate "$RATE"
+fi
+if want d; then
+    echo "== d: $N_FLIGHT messages in flight (provider holds requests 2 s)" >&2
+    run_phase flight 90 out -n "$N_FLIGHT" --hold-ms 2000 --release-after 5
+fi
 
 # ---- e: webhooks -> XMPP ----------------------------------------------------------
+if want e; then
 echo "== e: raw evhttp webhook ceiling (N=$N_IN, C=$CONC)" >&2
 serve ceiling
 R[wceil.line]=$("$LOAD" webhook --url "http://127.0.0.1:$SRV_PORT/sms/$GW/inbound" \
@@ -269,6 +289,10 @@ run_phase in 60 in -n "$N_IN" -c "$CONC" \
     --url "http://127.0.0.1:$HTTP_PORT/sms/$GW/inbound" \
     --auth-token "$TOKEN" --account-sid "$SID"
 unset HTTP_PORT
+fi
+
+# Phases not run leave their entries unset: report them as empty.
+set +u
 
 # ---- report ------------------------------------------------------------------------
 pct() { # pct VALUE CEILING
@@ -300,9 +324,10 @@ echo "postern SMS benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores," 
     "provider max_connections=$CONC"
 printf '%-36s %9s %8s %8s %8s %9s %8s %8s\n' phase "msgs/s" "% ceil" \
     "p50 ms" "p99 ms" "VmHWM MB" "CPU s" "redis s"
-printf '%-36s %9s %8s %8s %8s %9s %8s %8s\n' \
+want a && printf '%-36s %9s %8s %8s %8s %9s %8s %8s\n' \
     "a curl-multi POST ceiling" "$CEIL" "100" - - - - -
 for ph in max lat flight; do
+    [ -n "${R[$ph.line]+x}" ] || continue
     line=${R[$ph.line]:-}
     case $ph in
     max) label="b XMPP->provider, max rate" ;;
@@ -316,9 +341,9 @@ for ph in max lat flight; do
         "$(kv "$line" p50_ms)" "$(kv "$line" p99_ms)" \
         "$(mb "${R[$ph.hwm]}")" "${R[$ph.cpu]}" "${R[$ph.rcpu]}"
 done
-printf '%-36s %9s %8s %8s %8s %9s %8s %8s\n' \
+want e && printf '%-36s %9s %8s %8s %8s %9s %8s %8s\n' \
     "e evhttp webhook ceiling" "$WCEIL" "100" - - - - -
-printf '%-36s %9s %8s %8s %8s %9s %8s %8s\n' "e webhook->XMPP" "${IN:-?}" \
+want e && printf '%-36s %9s %8s %8s %8s %9s %8s %8s\n' "e webhook->XMPP" "${IN:-?}" \
     "$(pct "$IN" "$WCEIL")" "$(kv "${R[in.line]}" p50_ms)" \
     "$(kv "${R[in.line]}" p99_ms)" "$(mb "${R[in.hwm]}")" "${R[in.cpu]}" \
     "${R[in.rcpu]}"
@@ -341,7 +366,7 @@ echo "  e ${R[wceil.line]}"
 echo "  ${R[in.line]:-in: no result}"
 FAILED=0
 for ph in max lat flight in; do
-    [ "${R[$ph.rc]:-1}" = 0 ] || FAILED=1
+    [ -z "${R[$ph.line]+x}" ] || [ "${R[$ph.rc]:-1}" = 0 ] || FAILED=1
 done
 echo "elapsed $(($(date +%s) - T_START)) s; work directory $WORK" \
     "$([ "${KEEP:-0}" = 1 ] || echo '(removed)')"

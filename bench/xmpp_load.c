@@ -635,7 +635,9 @@ static void sample_rss(double now, size_t inflight)
     rss = read_rss_kb(L.pid, "VmRSS");
     if (rss > L.rss_max_kb)
         L.rss_max_kb = rss;
-    if (inflight >= L.peak_inflight && inflight > 0)
+    /* "with the most in flight": any sample within 10 % of the peak */
+    if (inflight > 0 && inflight * 10 >= L.peak_inflight * 9 &&
+        rss > L.rss_at_peak_kb)
         L.rss_at_peak_kb = rss;
 }
 
@@ -664,8 +666,8 @@ static void on_check(evutil_socket_t fd, short what, void *arg)
     if (L.state == X_RUNNING) {
         size_t p = L.sent + L.errors + L.arrived +
                    (L.fp ? fast_provider_unique(L.fp) : 0);
-        bool all_sent = L.o.mode == M_OUT ? L.sent == L.o.n
-                                          : atomic_load(&L.wh_done);
+        bool all_sent =
+            L.o.mode == M_OUT ? L.sent == L.o.n : atomic_load(&L.wh_done);
 
         if (p != L.progress || !all_sent || (L.o.hold_ms && !L.released)) {
             L.progress = p;
@@ -933,8 +935,8 @@ static void usage(FILE *f)
                "  --hold-ms MS        provider holds each request MS ...\n"
                "  --release-after S   ... until S s after the last send\n"
                "  --timeout S         give up after S s (default 120)\n"
-            "  --stall S           ... or S s without progress once all\n"
-            "                      is sent (default 10)\n"
+               "  --stall S           ... or S s without progress once all\n"
+               "                      is sent (default 10)\n"
                "  --url U --sign-url U --auth-token T --account-sid AC...\n"
                "  -c C                webhook concurrency (default 16)\n"
                "  --pid-file F        postern's pid, for VmRSS samples\n"

@@ -26,6 +26,7 @@
 #include "admin.h"
 #include "component.h"
 #include "config.h"
+#include "http_client.h"
 #include "http_server.h"
 #include "log.h"
 #include "metrics.h"
@@ -53,6 +54,7 @@ struct app {
     struct store *store;
     struct queue *queue;
     struct http_server *http;
+    struct http_client *http_client;
     struct transport_host host;
     struct gw *gws;
     size_t ngws;
@@ -325,6 +327,14 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
 
 static void app_free(struct app *app)
 {
+    /* provider requests still running complete (with an error) while
+     * everything they report to is alive; webhooks stop next */
+    if (app->http_client)
+        http_client_free(app->http_client);
+    app->http_client = NULL;
+    if (app->http)
+        http_server_free(app->http);
+    app->http = NULL;
     for (size_t i = 0; i < app->ngws; i++) {
         component_free(app->gws[i].c);
         router_free(app->gws[i].r);
@@ -333,8 +343,6 @@ static void app_free(struct app *app)
     free(app->gws);
     if (app->queue)
         queue_free(app->queue);
-    if (app->http)
-        http_server_free(app->http);
     if (app->store)
         store_free(app->store);
     if (app->ev_term)
@@ -378,6 +386,18 @@ static int app_start(struct app *app, struct error *err)
         http_server_route(app->http, "/healthz", on_healthz, app);
         http_server_route(app->http, "/metrics", on_metrics, app);
     }
+    /* one connection pool for every provider API; the per-host cap is
+     * the largest any gateway asks for */
+    struct http_client_opts hopts = {0};
+    for (size_t i = 0; i < cfg->n_gateways; i++) {
+        const struct provider_conf *pc = &cfg->gateways[i].provider;
+        if (pc->max_connections > hopts.max_host_connections)
+            hopts.max_host_connections = pc->max_connections;
+    }
+    app->http_client = http_client_new(app->base, &hopts, err);
+    if (!app->http_client)
+        return -1;
+    app->host.http_client = app->http_client;
     app->host.base = app->base;
     app->host.store = app->store;
     app->host.queue = app->queue;

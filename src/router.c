@@ -1416,9 +1416,10 @@ static void handle_message(struct router *r, const struct in *in)
 /* ---- inbound delivery -------------------------------------------------- */
 
 static struct xnode *inbound_message(const char *from, const char *to,
-                                     const char *body, const char *thread)
+                                     const char *type, const char *body,
+                                     const char *thread)
 {
-    struct xnode *st = stanza_message(from, to, "chat", body);
+    struct xnode *st = stanza_message(from, to, type, body);
     char id[24];
 
     stanza_new_id(id);
@@ -1437,6 +1438,11 @@ static enum deliver_result deliver_to(struct router *r, const struct inmsg *m,
     bool sent = false;
     enum deliver_result res = DELIVER_OK;
     char mask[128];
+    /* Mail is "normal" (RFC 6121: a message outside a one-to-one chat,
+     * expecting a reply; XEP-0201: a reply keeps its <thread/>); clients
+     * such as Conversations show it like chat. SMS is chat. */
+    const char *type =
+        strcmp(r->t->ops->name, "email") == 0 ? "normal" : "chat";
 
     if (!r->t->ops->addr_to_node ||
         r->t->ops->addr_to_node(r->t, m->from_addr, node, sizeof(node)) < 0) {
@@ -1453,7 +1459,7 @@ static enum deliver_result deliver_to(struct router *r, const struct inmsg *m,
     else if (m->body || m->extra)
         text = xstrdup(m->body ? m->body : m->extra);
     if (text) {
-        struct xnode *st = inbound_message(from, owner, text, m->thread);
+        struct xnode *st = inbound_message(from, owner, type, text, m->thread);
         if (m->subject)
             xnode_add_text(st, "subject", m->subject);
         if (emit(r, st) < 0)
@@ -1462,7 +1468,8 @@ static enum deliver_result deliver_to(struct router *r, const struct inmsg *m,
     }
     /* One message per item, body exactly the URL, for inline display. */
     for (size_t i = 0; i < m->n_media && res == DELIVER_OK; i++) {
-        struct xnode *st = inbound_message(from, owner, m->media[i], m->thread);
+        struct xnode *st =
+            inbound_message(from, owner, type, m->media[i], m->thread);
         struct xnode *x = xnode_add_ns(st, "x", NS_OOB);
         xnode_add_text(x, "url", m->media[i]);
         if (emit(r, st) < 0)

@@ -1611,3 +1611,109 @@ void store_sms_concat_drop(struct store *s, const char *gw, const char *ref,
     cmd_send(s, new_done(s, finish_done, fn, arg), 2, argv);
     free(k);
 }
+
+/* ---- email threads ---- */
+
+/* The caller's thread callback travels behind a K_STR command. */
+struct mail_thread_ctx {
+    store_mail_thread_fn *fn;
+    void *arg;
+};
+
+/* Only reached with an error: replies go through finish_mail_thread. */
+static void mail_thread_error(const struct error *err, const char *value,
+                              void *arg)
+{
+    struct mail_thread_ctx *x = arg;
+    (void)value;
+    x->fn(err, NULL, NULL, x->arg);
+    free(x);
+}
+
+/* HMGET refs subject: two strings or nils. */
+static void finish_mail_thread(struct cmd *c, redisReply *r)
+{
+    struct mail_thread_ctx *x = c->arg;
+    const char *v[2] = {NULL, NULL};
+
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+        answer_bad_reply(c);
+        return;
+    }
+    for (size_t i = 0; i < 2; i++) {
+        redisReply *e = r->element[i];
+        if (e->type == REDIS_REPLY_STRING)
+            v[i] = e->str;
+        else if (e->type != REDIS_REPLY_NIL) {
+            answer_bad_reply(c);
+            return;
+        }
+    }
+    x->fn(NULL, v[0], v[1], x->arg);
+    free(x);
+}
+
+void store_mail_thread_get(struct store *s, const char *gw, const char *addr,
+                           const char *thread, store_mail_thread_fn *fn,
+                           void *arg)
+{
+    struct mail_thread_ctx *x = xcalloc(1, sizeof(*x));
+    char *k = xasprintf("%s:mthread:%s:%s:%s", s->prefix, gw, addr, thread);
+    const char *argv[] = {"HMGET", k, "refs", "subject"};
+    struct cmd *c;
+
+    x->fn = fn;
+    x->arg = arg;
+    c = cmd_new(s, K_STR, finish_mail_thread, x);
+    c->fn.str = mail_thread_error;
+    cmd_send(s, c, 4, argv);
+    free(k);
+}
+
+/*
+ * ARGV: mid-key prefix, thread-key prefix, msgid, find ids, thread, refs,
+ * subject, ttl ("" = none). Returns the thread id used.
+ */
+static const char mail_thread_put_lua[] =
+    "local tid = false\n"
+    "if ARGV[3] ~= '' then tid = redis.call('GET', ARGV[1] .. ARGV[3]) end\n"
+    "if not tid then\n"
+    "  for id in string.gmatch(ARGV[4], '%S+') do\n"
+    "    tid = redis.call('GET', ARGV[1] .. id)\n"
+    "    if tid then break end\n"
+    "  end\n"
+    "end\n"
+    "if not tid then tid = ARGV[5] end\n"
+    "local tk = ARGV[2] .. tid\n"
+    "if ARGV[6] ~= '' then redis.call('HSET', tk, 'refs', ARGV[6]) end\n"
+    "if ARGV[7] ~= '' then redis.call('HSET', tk, 'subject', ARGV[7]) end\n"
+    "redis.call('EXPIRE', tk, ARGV[8])\n"
+    "if ARGV[3] ~= '' then\n"
+    "  redis.call('SET', ARGV[1] .. ARGV[3], tid, 'EX', ARGV[8])\n"
+    "end\n"
+    "return tid\n";
+
+void store_mail_thread_put(struct store *s, const char *gw, const char *addr,
+                           const struct store_mail_put *p, store_str_fn *fn,
+                           void *arg)
+{
+    char *mid = xasprintf("%s:mid:%s:%s:", s->prefix, gw, addr);
+    char *tk = xasprintf("%s:mthread:%s:%s:", s->prefix, gw, addr);
+    char ttl[16];
+
+    snprintf(ttl, sizeof(ttl), "%u", p->ttl_s ? p->ttl_s : 1);
+    const char *argv[] = {"EVAL",
+                          mail_thread_put_lua,
+                          "0",
+                          mid,
+                          tk,
+                          or_empty(p->msgid),
+                          or_empty(p->find_ids),
+                          or_empty(p->thread),
+                          or_empty(p->refs),
+                          or_empty(p->subject),
+                          ttl};
+    cmd_send(s, new_str(s, fn, arg), 11, argv);
+    free(mid);
+    free(tk);
+}

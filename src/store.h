@@ -237,4 +237,45 @@ void store_sms_concat_add(struct store *s, const char *gw, const char *ref,
 void store_sms_concat_drop(struct store *s, const char *gw, const char *ref,
                            store_done_fn *fn, void *arg);
 
+/* ---- email threads ---- */
+/*
+ * Mail threads of the email transport, per gateway and per address of the
+ * gateway (the user's side), so that a thread id or Message-ID one user
+ * knows never reaches another user's mail:
+ *   <prefix>:mthread:<gw>:<addr>:<thread>  hash  "refs": the thread's
+ *        References chain (Message-IDs without <>, space-separated, oldest
+ *        first; the last one is the message a reply answers), "subject"
+ *   <prefix>:mid:<gw>:<addr>:<msgid>       string  thread id
+ * Both expire ttl_s after their last write. The scripts build these keys
+ * from prefixes (standalone Redis, like the rest of postern).
+ */
+
+/* refs and subject NULL when the thread (or that field) is unknown. */
+typedef void store_mail_thread_fn(const struct error *err, const char *refs,
+                                  const char *subject, void *arg);
+void store_mail_thread_get(struct store *s, const char *gw, const char *addr,
+                           const char *thread, store_mail_thread_fn *fn,
+                           void *arg);
+
+/* Every string borrowed for the call; "" counts as NULL. */
+struct store_mail_put {
+    const char *msgid;    /* this message's id; NULL: nothing to map */
+    const char *find_ids; /* space-separated ids whose thread this message
+                             joins, first hit wins; NULL: none */
+    const char *thread;   /* the thread otherwise (required) */
+    const char *refs;     /* the thread's chain after this message; NULL
+                             keeps the stored one */
+    const char *subject;  /* NULL keeps the stored one */
+    unsigned ttl_s;
+};
+/*
+ * One script: the thread is msgid's when msgid is already mapped (a
+ * message seen before keeps its thread), else the first of find_ids that
+ * is mapped, else p->thread; then the thread's refs/subject are set, msgid
+ * is mapped to it and both expire after ttl_s. value = the thread id.
+ */
+void store_mail_thread_put(struct store *s, const char *gw, const char *addr,
+                           const struct store_mail_put *p, store_str_fn *fn,
+                           void *arg);
+
 #endif

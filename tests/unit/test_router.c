@@ -1148,7 +1148,7 @@ static void message_with_receipt(const char *id, const char *body)
     feed(m);
 }
 
-static int n_ddone, n_ddone_err;
+static size_t n_ddone, n_ddone_err;
 
 static void delivery_done(void *arg, const struct error *err)
 {
