@@ -25,7 +25,7 @@
 
 #include "addr.h"
 #include "config.h"
-#include "limits.h"
+#include "ratelimit.h"
 #include "log.h"
 #include "metrics.h"
 #include "stanza.h"
@@ -1249,7 +1249,7 @@ static char *dup_opt(const char *s)
 
 /*
  * ---- the outbound message path ----
- * owner lookup -> segment count (transport op) -> limits_check (the
+ * owner lookup -> segment count (transport op) -> ratelimit_check (the
  * "limits check": max_segments and rate limits, async, may refuse with
  * policy-violation) -> queue_outbound_push. Nothing is
  * sent from here: the queue's consumer calls router_send later, and the
@@ -1350,8 +1350,8 @@ static void on_msg_owner(const struct error *err, const char *value, void *arg)
         build_msg(r, op, value, &m);
         if (r->t->ops->segments)
             segments = r->t->ops->segments(r->t, &m);
-        /* limits_check also applies limits.max_segments */
-        limits_check(r->store, r->t->conf, op->bare, segments, on_limits, op);
+        /* ratelimit_check also applies limits.max_segments */
+        ratelimit_check(r->store, r->t->conf, op->bare, segments, on_limits, op);
         return; /* on_limits finishes op */
     }
     reply_error(r, op->st, &e);

@@ -11,7 +11,7 @@ RATE = 3
 
 
 def limits_implemented():
-    """Rate limits are enforced: something calls limits_check() (src/
+    """Rate limits are enforced: something calls ratelimit_check() (src/
     limits.c) or reads per_user_per_minute outside config and limits."""
     root = rig.repo_root()
     for path in glob.glob(os.path.join(root, "src", "*.c")) + glob.glob(
@@ -20,7 +20,7 @@ def limits_implemented():
             continue
         with open(path, errors="replace") as f:
             text = f.read()
-        if "limits_check(" in text or "per_user_per_minute" in text:
+        if "ratelimit_check(" in text or "per_user_per_minute" in text:
             return True
     return False
 
@@ -125,7 +125,7 @@ class TestErrors(rig.StackTest):
     def test_rate_limit_policy_violation(self):
         if not limits_implemented():
             self.skipTest("per-user rate limits are not enforced yet: nothing"
-                          " in src/ or transports/ calls limits_check() or "
+                          " in src/ or transports/ calls ratelimit_check() or "
                           "reads limits.per_user_per_minute")
         c = self.registered("alice", "+15550001111")
         who = contact("+15557770007")

@@ -57,7 +57,7 @@ class TestSmsLimits(sms_rig.SmsStackTest):
                          ["rate 0", "rate 1", "rate 2"])
 
     # BUG: transports/sms/sms.c sms_transport_ops has no .segments, so
-    # router.c (message to contact, before limits_check) counts every
+    # router.c (message to contact, before ratelimit_check) counts every
     # message as 1 segment and limits.max_segments is never enforced: the
     # 3-segment body below is sent. Remove this marker once it is fixed.
     @unittest.expectedFailure

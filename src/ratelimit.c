@@ -1,5 +1,5 @@
 /*
- * limits: the per-user sending policy of a gateway, decided before a
+ * ratelimit: the per-user sending policy of a gateway, decided before a
  * message is queued (SPEC 8, SMS pumping protection):
  *
  *  1. max_segments (0 = unlimited), checked without Redis: a longer
@@ -20,10 +20,10 @@
  * Limits are read from gc->limits at every call: SIGHUP replaces them in
  * place. A message is one count whatever its segment count.
  *
- * Must never: call done twice or from inside limits_check, touch Redis
+ * Must never: call done twice or from inside ratelimit_check, touch Redis
  * when no rate limit is configured, or log a JID unmasked at info.
  */
-#include "limits.h"
+#include "ratelimit.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,9 +38,9 @@
 
 #define MOD "limits"
 
-static limits_clock_fn *clock_fn;
+static ratelimit_clock_fn *clock_fn;
 
-void limits_set_clock(limits_clock_fn *fn)
+void ratelimit_set_clock(ratelimit_clock_fn *fn)
 {
     clock_fn = fn;
 }
@@ -51,7 +51,7 @@ static long long clock_now(void)
 }
 
 struct check {
-    limits_done_fn *done;
+    ratelimit_done_fn *done;
     void *arg;
     bool failed;
     struct error err;
@@ -78,7 +78,7 @@ static void deferred_cb(evutil_socket_t fd, short what, void *arg)
     check_finish(arg);
 }
 
-/* Answers from a zero-delay event: never inside limits_check. */
+/* Answers from a zero-delay event: never inside ratelimit_check. */
 static void defer(struct store *s, struct check *c)
 {
     struct timeval tv = {0, 0};
@@ -158,9 +158,9 @@ static void counted(const struct error *err, const long long *v, size_t n,
     check_finish(c);
 }
 
-void limits_check(struct store *s, const struct gateway_conf *gc,
-                  const char *bare_jid, unsigned n_segments,
-                  limits_done_fn *done, void *arg)
+void ratelimit_check(struct store *s, const struct gateway_conf *gc,
+                     const char *bare_jid, unsigned n_segments,
+                     ratelimit_done_fn *done, void *arg)
 {
     const struct limits_conf *l = &gc->limits;
     struct check *c = xcalloc(1, sizeof(*c));

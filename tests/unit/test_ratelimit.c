@@ -4,7 +4,7 @@
  * under an injected clock, refusals not counted, max_segments without
  * Redis, unlimited without Redis, limits changed in place (SIGHUP), and
  * Redis down -> one temporary error. Every callback is checked to run
- * exactly once and never inside limits_check.
+ * exactly once and never inside ratelimit_check.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -27,7 +27,7 @@
 #include <hiredis/hiredis.h>
 
 #include "config.h"
-#include "limits.h"
+#include "ratelimit.h"
 #include "metrics.h"
 #include "store.h"
 #include "util.h"
@@ -62,7 +62,7 @@ static void done_cb(void *arg, const struct error *err)
 {
     struct result *r = arg;
     if (in_call)
-        fail_msg("limits: callback ran inside limits_check");
+        fail_msg("limits: callback ran inside ratelimit_check");
     r->calls++;
     r->failed = err != NULL;
     if (err)
@@ -96,7 +96,7 @@ static struct result check(struct store *s, const struct gateway_conf *gc,
     struct result r;
     memset(&r, 0, sizeof(r));
     in_call = true;
-    limits_check(s, gc, JID, segments, done_cb, &r);
+    ratelimit_check(s, gc, JID, segments, done_cb, &r);
     in_call = false;
     assert_int_equal(r.calls, 0);
     run_until(&r.calls, 1, 5000);
@@ -235,7 +235,7 @@ static int group_setup(void **state)
     end = now_ms() + 5000;
     while (!store_connected(st) && now_ms() < end)
         run_until(NULL, 0, 20);
-    limits_set_clock(fake_clock);
+    ratelimit_set_clock(fake_clock);
     return store_connected(st) ? 0 : -1;
 }
 
@@ -251,7 +251,7 @@ static void redis_stop(void)
 static int group_teardown(void **state)
 {
     (void)state;
-    limits_set_clock(NULL);
+    ratelimit_set_clock(NULL);
     if (st)
         store_free(st);
     if (base)
@@ -370,7 +370,7 @@ static void day_reported_first_and_singular(void **state)
     /* another user has its own counters */
     struct result r;
     memset(&r, 0, sizeof(r));
-    limits_check(st, &gc, "bob@example.org", 1, done_cb, &r);
+    ratelimit_check(st, &gc, "bob@example.org", 1, done_cb, &r);
     run_until(&r.calls, 1, 5000);
     assert_int_equal(r.calls, 1);
     assert_false(r.failed);
