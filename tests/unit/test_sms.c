@@ -241,6 +241,38 @@ static void test_incomplete_providers_refused(void **state)
 
 /* --- addresses --------------------------------------------------------- */
 
+/* max_segments counts what the carrier bills: GSM-7/UCS-2 segments of
+ * every provider part (T22 sizes: 160/153 septets, 70/67 UTF-16 units). */
+static void test_segments_op(void **state)
+{
+    struct fx *f = *state;
+    struct transport *t = fx_start(f);
+    struct msg m = {.gw = "sms.example.org"};
+    char *body = xmalloc(3300);
+
+    assert_non_null(t->ops->segments);
+    m.body = NULL;
+    assert_int_equal(t->ops->segments(t, &m), 1);
+    m.body = "hello";
+    assert_int_equal(t->ops->segments(t, &m), 1);
+    memset(body, 'a', 160);
+    body[160] = '\0';
+    m.body = body;
+    assert_int_equal(t->ops->segments(t, &m), 1);
+    body[160] = 'a';
+    body[161] = '\0';
+    assert_int_equal(t->ops->segments(t, &m), 2);
+    /* one non-GSM character turns the message into UCS-2: 71 units = 2 */
+    memset(body, 'a', 70);
+    strcpy(body + 70, "\xe2\x82\xac\xe4\xb8\xad"); /* euro is GSM, CJK not */
+    assert_int_equal(t->ops->segments(t, &m), 2);
+    /* 3,200 GSM characters: two provider parts of 1,600 = 11 + 11 */
+    memset(body, 'a', 3200);
+    body[3200] = '\0';
+    assert_int_equal(t->ops->segments(t, &m), 22);
+    free(body);
+}
+
 static void test_addr_parse(void **state)
 {
     struct fx *f = *state;
@@ -796,6 +828,7 @@ int main(void)
 #define T(fn) cmocka_unit_test_setup_teardown(fn, fx_setup, fx_teardown)
         T(test_registry_abi_and_module),
         T(test_incomplete_providers_refused),
+        T(test_segments_op),
         T(test_addr_parse),
         T(test_addr_from_human),
         T(test_addr_from_human_default_cc),

@@ -52,6 +52,7 @@
 #include "log.h"
 #include "provider.h"
 #include "queue.h"
+#include "segments.h"
 #include "store.h"
 
 /* How long parts of a concatenated inbound SMS wait for the rest. */
@@ -1127,6 +1128,37 @@ static void webhook(struct http_request *req, void *arg)
         handle_status(t, req, &st);
 }
 
+/*
+ * Billed SMS segments of a message (for max_segments): each provider part
+ * is counted on its own, since it is sent as its own SMS; media only is
+ * one. Invalid UTF-8 cannot come from XMPP; count it as one segment per
+ * 67 bytes to stay on the safe side.
+ */
+static unsigned sms_segments(const struct transport *t, const struct msg *m)
+{
+    const struct sms_priv *p = t->priv;
+    size_t limit = p->provider && p->provider->max_chars
+                       ? p->provider->max_chars
+                       : SMS_MAX_CHARS;
+    const char *s = m->body;
+    unsigned total = 0;
+
+    if (!s || !*s)
+        return 1;
+    while (*s) {
+        size_t next, len = sms_split_next(s, limit, &next);
+        char *part = xstrndup(s, len);
+        struct segments_info info;
+        if (segments_count(part, &info) == 0)
+            total += (unsigned)info.segments;
+        else
+            total += (unsigned)(len / 67 + 1);
+        free(part);
+        s += next;
+    }
+    return total ? total : 1;
+}
+
 const struct transport_ops sms_transport_ops = {
     .abi = TRANSPORT_ABI,
     .name = "sms",
@@ -1156,4 +1188,5 @@ const struct transport_ops sms_transport_ops = {
     .inflight = sms_inflight,
     .stop = sms_stop,
     .destroy = sms_destroy,
+    .segments = sms_segments,
 };
