@@ -3,14 +3,21 @@
  * from the libevent loop.
  *
  * Owns: a libstrophe context and connection per component, the socket's
- * read/write events, a 200 ms tick (libstrophe runs its connect and
- * handshake timeouts only inside xmpp_run_once), the resolver request for
- * xmpp.host and the reconnect timer.
+ * read/write events, a flush event, a 200 ms tick (libstrophe runs its
+ * connect and handshake timeouts only inside xmpp_run_once), the resolver
+ * request for xmpp.host and the reconnect timer.
  *
  * Must never: call xmpp_run_once from inside a libstrophe handler, block
  * on DNS (the host is resolved with evdns and libstrophe only ever sees a
  * numeric address), hand libstrophe a socket >= FD_SETSIZE (its select()
  * aborts), or send while the stream is down (libstrophe drops it silently).
+ *
+ * Sending: component_send only queues the stanza in libstrophe and
+ * activates the flush event once per loop turn; its xmpp_run_once writes
+ * everything queued in that turn (libstrophe writes its queue before it
+ * polls). The write event is armed only while libstrophe is left holding
+ * data the socket did not take, so a busy stream costs no epoll_ctl per
+ * stanza.
  *
  * Workarounds for libstrophe 0.12.2:
  *  - xmpp_connect_component() leaves conn->sm_state NULL and the server's
@@ -50,12 +57,12 @@
 #define STABLE_MS 10000
 
 enum cstate {
-    CS_IDLE,        /* not started or stopped */
-    CS_RESOLVING,   /* waiting for evdns */
-    CS_CONNECTING,  /* TCP connect / handshake in progress */
-    CS_UP,          /* handshake accepted */
-    CS_BACKOFF,     /* waiting to reconnect */
-    CS_CLOSING,     /* </stream:stream> sent, waiting for the close */
+    CS_IDLE,       /* not started or stopped */
+    CS_RESOLVING,  /* waiting for evdns */
+    CS_CONNECTING, /* TCP connect / handshake in progress */
+    CS_UP,         /* handshake accepted */
+    CS_BACKOFF,    /* waiting to reconnect */
+    CS_CLOSING,    /* </stream:stream> sent, waiting for the close */
 };
 
 struct component {
@@ -72,10 +79,11 @@ struct component {
     struct component_cbs cbs;
 
     enum cstate state;
-    int fd;                 /* socket as libstrophe uses it, -1 if none */
-    int slot;               /* reserved low fd index, -1 if none */
-    bool refuse_socket;     /* sockopt callback refuses (sm_state trick) */
+    int fd;             /* socket as libstrophe uses it, -1 if none */
+    int slot;           /* reserved low fd index, -1 if none */
+    bool refuse_socket; /* sockopt callback refuses (sm_state trick) */
     bool write_armed;
+    bool flush_pending; /* ev_flush is active */
     bool stopping;
     unsigned attempt;
     uint64_t up_since;
@@ -86,6 +94,7 @@ struct component {
     struct event *ev_tick;
     struct event *ev_retry;
     struct event *ev_done;  /* defers the stop callback */
+    struct event *ev_flush; /* writes what this loop turn queued */
     void (*stop_done)(void *);
     void *stop_arg;
 };
@@ -207,6 +216,16 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
     run_once(arg);
 }
 
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    struct component *c = arg;
+    (void)fd;
+    (void)what;
+    c->flush_pending = false;
+    if (c->fd >= 0)
+        run_once(c);
+}
+
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct component *c = arg;
@@ -239,9 +258,10 @@ static void update_events(struct component *c)
 {
     if (c->fd < 0 || !c->ev_write)
         return;
-    bool want = c->state == CS_CONNECTING ? !xmpp_conn_is_connected(c->conn)
-                                          : false;
-    if (xmpp_conn_is_connected(c->conn) &&
+    bool want =
+        c->state == CS_CONNECTING ? !xmpp_conn_is_connected(c->conn) : false;
+    /* a pending flush writes first; the event only if data is left */
+    if (xmpp_conn_is_connected(c->conn) && !c->flush_pending &&
         xmpp_conn_send_queue_len(c->conn) > 0)
         want = true;
     if (want && !c->write_armed) {
@@ -311,8 +331,7 @@ static int sockopt_cb(xmpp_conn_t *conn, void *sockp)
         close(*sock);
         *sock = g_slots[slot];
         c->slot = slot;
-        log_info(c->module, "moved the XMPP socket onto descriptor %d",
-                 *sock);
+        log_info(c->module, "moved the XMPP socket onto descriptor %d", *sock);
     }
     int one = 1;
     setsockopt(*sock, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
@@ -389,8 +408,8 @@ static const char *stream_error_name(xmpp_error_type_t t)
     }
 }
 
-static void conn_handler(xmpp_conn_t *conn, xmpp_conn_event_t event,
-                         int error, xmpp_stream_error_t *serr, void *arg)
+static void conn_handler(xmpp_conn_t *conn, xmpp_conn_event_t event, int error,
+                         xmpp_stream_error_t *serr, void *arg)
 {
     struct component *c = arg;
     (void)conn;
@@ -461,15 +480,14 @@ static void connect_now(struct component *c)
     int rc = xmpp_connect_component(c->conn, c->addr, (unsigned short)c->port,
                                     conn_handler, c);
     if (rc != 0 || c->fd < 0) {
-        log_warn(c->module, "cannot open a connection to %s:%d (%d)",
-                 c->addr, c->port, rc);
+        log_warn(c->module, "cannot open a connection to %s:%d (%d)", c->addr,
+                 c->port, rc);
         c->state = CS_BACKOFF;
         schedule_retry(c);
         return;
     }
     c->ev_read = event_new(c->base, c->fd, EV_READ | EV_PERSIST, on_read, c);
-    c->ev_write = event_new(c->base, c->fd, EV_WRITE | EV_PERSIST, on_write,
-                            c);
+    c->ev_write = event_new(c->base, c->fd, EV_WRITE | EV_PERSIST, on_write, c);
     event_add(c->ev_read, NULL);
     update_events(c);
     log_info(c->module, "connecting to %s:%d", c->addr, c->port);
@@ -494,11 +512,10 @@ static void on_resolved(int result, struct evutil_addrinfo *res, void *arg)
         schedule_retry(c);
         return;
     }
-    const void *a = res->ai_family == AF_INET6
-                        ? (const void *)&((struct sockaddr_in6 *)res->ai_addr)
-                              ->sin6_addr
-                        : (const void *)&((struct sockaddr_in *)res->ai_addr)
-                              ->sin_addr;
+    const void *a =
+        res->ai_family == AF_INET6
+            ? (const void *)&((struct sockaddr_in6 *)res->ai_addr)->sin6_addr
+            : (const void *)&((struct sockaddr_in *)res->ai_addr)->sin_addr;
     evutil_inet_ntop(res->ai_family, a, c->addr, sizeof(c->addr));
     evutil_freeaddrinfo(res);
     connect_now(c);
@@ -533,8 +550,8 @@ static void begin_attempt(struct component *c)
     }
     hints.ai_flags = 0;
     c->state = CS_RESOLVING;
-    c->dns_req = evdns_getaddrinfo(c->dns, c->host, NULL, &hints, on_resolved,
-                                   c);
+    c->dns_req =
+        evdns_getaddrinfo(c->dns, c->host, NULL, &hints, on_resolved, c);
 }
 
 static void on_retry(evutil_socket_t fd, short what, void *arg)
@@ -569,10 +586,9 @@ static void on_done(evutil_socket_t fd, short what, void *arg)
 }
 
 struct component *component_new(struct event_base *base, const char *host,
-                                 int port, const char *jid,
-                                 const char *secret,
-                                 const struct component_cbs *cbs,
-                                 struct error *err)
+                                int port, const char *jid, const char *secret,
+                                const struct component_cbs *cbs,
+                                struct error *err)
 {
     struct component *c = xcalloc(1, sizeof(*c));
 
@@ -618,6 +634,7 @@ struct component *component_new(struct event_base *base, const char *host,
     c->ev_tick = event_new(base, -1, EV_PERSIST, on_tick, c);
     c->ev_retry = evtimer_new(base, on_retry, c);
     c->ev_done = event_new(base, -1, 0, on_done, c);
+    c->ev_flush = event_new(base, -1, 0, on_flush, c);
     struct timeval tick = {0, TICK_MS * 1000};
     event_add(c->ev_tick, &tick);
     return c;
@@ -665,7 +682,10 @@ int component_send(struct component *c, const struct xnode *n,
     char *xml = xnode_render(n, &len);
     xmpp_send_raw(c->conn, xml, len);
     free(xml);
-    update_events(c);
+    if (!c->flush_pending) {
+        c->flush_pending = true;
+        event_active(c->ev_flush, EV_TIMEOUT, 0);
+    }
     return 0;
 }
 
@@ -718,6 +738,8 @@ void component_free(struct component *c)
         event_free(c->ev_retry);
     if (c->ev_done)
         event_free(c->ev_done);
+    if (c->ev_flush)
+        event_free(c->ev_flush);
     if (c->slot >= 0)
         slot_release(c->slot);
     comp_unregister(c);

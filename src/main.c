@@ -153,6 +153,14 @@ static void outbound_conf(const struct config *cfg,
     oc->retry_base_ms = cfg->queue.retry_base_ms;
     oc->retry_cap_ms = cfg->queue.retry_cap_ms;
     oc->claim_idle_ms = (unsigned)(2 * timeout_s * 1000) + 5000;
+    /*
+     * Never start more provider requests than there are connections for
+     * them: a request waiting for a connection spends its timeout there,
+     * and one that times out after the provider accepted it is sent twice.
+     */
+    if (gc->kind == TRANSPORT_SMS)
+        oc->concurrency =
+            gc->provider.max_connections ? gc->provider.max_connections : 8;
 }
 
 /* ---- /healthz ---- */

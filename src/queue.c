@@ -3,16 +3,31 @@
  * inbound message. Owns one Redis stream per registered gateway
  * ("in:<gw>", group "postern") and the polling that feeds its deliver_fn.
  *
- * Per gateway, at most one batch is in flight and its entries are
- * delivered one after the other, so order is kept and an entry is never
- * handed to XMPP twice at the same time by this process. An entry is
- * acknowledged (XACK + XDEL) only after DELIVER_OK or DELIVER_DROP; a
- * malformed payload is logged and acknowledged so it can never block the
- * stream. DELIVER_RETRY ends the batch and leaves it and the rest of the
- * batch pending on this consumer: they are read again with
- * store_stream_read_own after a backoff, or reclaimed by any process once
- * idle for RECLAIM_IDLE_MS (a crashed peer). The per-entry delivery count
- * comes from the stream's pending list (exact for Redis >= 6.2).
+ * Per gateway, at most one batch is in flight. Its entries are handed to
+ * deliver_fn all at once, in stream order, so that the owner lookups they
+ * need travel to Redis together (hiredis pipelines commands issued in one
+ * loop turn); the deliver_fn keeps the order of what it emits (the
+ * router's delivery chain: stream order, and nothing after an entry that
+ * came back DELIVER_RETRY). The entries that are done (DELIVER_OK,
+ * DELIVER_DROP, malformed payloads, which are logged so they can never
+ * block the stream) are acknowledged together (one XACK + XDEL) once the
+ * whole batch is back, and the next read is issued in the same loop turn.
+ * DELIVER_RETRY leaves the entry pending on this consumer: it is read
+ * again (with whatever followed it) with store_stream_read_own after a
+ * backoff, before anything new, or reclaimed by any process once idle for
+ * RECLAIM_IDLE_MS (a crashed peer). An entry is never handed to XMPP
+ * twice at the same time by this process: a re-read skips entries whose
+ * acknowledgement is in flight or waiting to be retried. The per-entry
+ * delivery count comes from the stream's pending list (exact for Redis
+ * >= 6.2).
+ *
+ * Order guaranteed: within one process, inbound entries of a gateway
+ * reach XMPP in stream order (and so, for one conversation, in the order
+ * the provider's webhooks were persisted), except that an entry
+ * redelivered after a failure comes after entries another process
+ * delivered meanwhile. Outbound sends run concurrently (up to
+ * outbound_conf.concurrency): their order at the provider is not
+ * guaranteed, as with any concurrent provider API client.
  *
  * Only this file uses jansson for messages. Never: block, deliver while
  * the gateway's ready() is false, log a message body above debug.
@@ -28,13 +43,14 @@
 #include <event2/event.h>
 #include <jansson.h>
 
+#include "addr.h"
 #include "log.h"
 #include "metrics.h"
 
 #define MOD "queue"
 #define GROUP "postern"
 #define POLL_MS 150
-#define BATCH 16
+#define BATCH 64
 #define RECLAIM_IDLE_MS 30000
 #define RETRY_BASE_MS 500
 #define RETRY_CAP_MS 30000
@@ -298,6 +314,9 @@ fail:
 
 /* ---- the queue ---------------------------------------------------------*/
 
+struct qitem;
+struct qack;
+
 struct qgw {
     struct queue *q;
     struct qgw *next;
@@ -307,19 +326,19 @@ struct qgw {
     ready_fn *ready;
     void *arg;
 
-    bool reading;              /* a store read is in flight */
-    bool reading_own;          /* ... of our own pending entries */
-    bool delivering;           /* deliver_fn has not called done yet */
-    bool in_next;              /* batch_next is on the stack */
-    struct store_entry *batch; /* owned copies */
-    size_t n, pos;
-    struct inmsg msg; /* the entry being delivered */
+    bool reading;        /* a store read is in flight */
+    bool reading_own;    /* ... of our own pending entries */
+    bool in_start;       /* batch_start is on the stack */
+    bool want_read;      /* something may be waiting: read without a tick */
+    struct qitem *items; /* the batch being delivered */
+    size_t n, n_done;
 
     bool retry; /* own pending entries wait for a retry */
     unsigned retry_attempt;
     uint64_t retry_at;
 
-    char **acks; /* ids whose ack failed: retried first */
+    struct qack *acking; /* acknowledgements in flight */
+    char **acks;         /* ids whose ack failed: retried first */
     size_t n_acks;
 };
 
@@ -336,12 +355,14 @@ struct queue {
     size_t n_push;
     struct event *poll_ev;
     struct event *kick_ev;
+    bool tick; /* poll_all runs from the timer (not a kick) */
     bool stopped;
     bool freed;
     unsigned ops; /* store callbacks and deliveries outstanding */
 };
 
 static void poll_all(struct queue *q);
+static void batch_free(struct qgw *g);
 static void outs_destroy(struct queue *q);
 static void pushes_abort(struct queue *q);
 static void outs_abort(struct queue *q);
@@ -352,12 +373,7 @@ static void queue_destroy(struct queue *q)
     while (q->gws) {
         struct qgw *g = q->gws;
         q->gws = g->next;
-        for (size_t i = 0; i < g->n; i++) {
-            free(g->batch[i].id);
-            free(g->batch[i].payload);
-        }
-        free(g->batch);
-        inmsg_free_fields(&g->msg);
+        batch_free(g);
         for (size_t i = 0; i < g->n_acks; i++)
             free(g->acks[i]);
         free(g->acks);
@@ -396,6 +412,16 @@ static void poll_cb(evutil_socket_t fd, short what, void *arg)
     poll_all(arg);
 }
 
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct queue *q = arg;
+    (void)fd;
+    (void)what;
+    q->tick = true;
+    poll_all(q);
+    q->tick = false;
+}
+
 struct queue *queue_new(struct event_base *base, struct store *store,
                         const char *consumer)
 {
@@ -405,7 +431,7 @@ struct queue *queue_new(struct event_base *base, struct store *store,
     q->base = base;
     q->store = store;
     q->consumer = xstrdup(consumer);
-    q->poll_ev = event_new(base, -1, EV_PERSIST, poll_cb, q);
+    q->poll_ev = event_new(base, -1, EV_PERSIST, tick_cb, q);
     q->kick_ev = event_new(base, -1, 0, poll_cb, q);
     event_add(q->poll_ev, &tv);
     return q;
@@ -438,10 +464,22 @@ void queue_stop(struct queue *q)
     event_del(q->kick_ev);
 }
 
-void queue_kick(struct queue *q)
+/* Runs poll_all once in this loop turn (many kicks, one poll). */
+static void kick(struct queue *q)
 {
     if (!q->stopped)
         event_active(q->kick_ev, EV_TIMEOUT, 0);
+}
+
+static void outs_want_read(struct queue *q);
+
+/* From outside (reconnect, a transport's push): every stream may hold work. */
+void queue_kick(struct queue *q)
+{
+    for (struct qgw *g = q->gws; g; g = g->next)
+        g->want_read = true;
+    outs_want_read(q);
+    kick(q);
 }
 
 static struct qgw *find_gw(struct queue *q, const char *gw)
@@ -468,7 +506,8 @@ void queue_inbound_register(struct queue *q, const char *gw, deliver_fn *fn,
     g->fn = fn;
     g->ready = ready;
     g->arg = arg;
-    queue_kick(q);
+    g->want_read = true;
+    kick(q);
 }
 
 /* ---- push --------------------------------------------------------------*/
@@ -492,8 +531,13 @@ static void push_done(const struct error *err, const char *id, void *arg)
         log_debug(MOD, "in[%s]: persisted %s", p->gw, id);
     }
     p->fn(err, p->arg);
-    if (!q_release(q) && !err && id && find_gw(q, p->gw))
-        queue_kick(q);
+    if (!q_release(q) && !err && id) {
+        struct qgw *g = find_gw(q, p->gw);
+        if (g) {
+            g->want_read = true;
+            kick(q);
+        }
+    }
     free(p->gw);
     free(p);
 }
@@ -520,40 +564,58 @@ void queue_inbound_push(struct queue *q, const char *gw, const struct inmsg *m,
 
 /* ---- acks --------------------------------------------------------------*/
 
-struct ack {
+struct qack {
     struct qgw *g;
-    char *id;
+    struct qack *next;
+    char **ids;
+    size_t n;
 };
 
 static void ack_done(const struct error *err, void *arg)
 {
-    struct ack *a = arg;
+    struct qack *a = arg;
     struct qgw *g = a->g;
     struct queue *q = g->q;
 
-    if (err && !q->freed) {
-        /* delivered but not acknowledged: keep it so a re-read of our
-         * pending entries does not deliver it a second time */
-        log_warn(MOD, "in[%s]: ack of %s failed (%s); will retry", g->gw, a->id,
-                 err->msg);
-        if (g->n_acks < MAX_PENDING_ACKS) {
-            g->acks = xrealloc(g->acks, (g->n_acks + 1) * sizeof(*g->acks));
-            g->acks[g->n_acks++] = a->id;
-            a->id = NULL;
+    for (struct qack **pp = &g->acking; *pp; pp = &(*pp)->next) {
+        if (*pp == a) {
+            *pp = a->next;
+            break;
         }
     }
-    free(a->id);
+    if (err && !q->freed) {
+        /* delivered but not acknowledged: keep them so a re-read of our
+         * pending entries does not deliver them a second time */
+        log_warn(MOD, "in[%s]: ack of %zu entr%s failed (%s); will retry",
+                 g->gw, a->n, a->n == 1 ? "y" : "ies", err->msg);
+        for (size_t i = 0; i < a->n; i++) {
+            if (g->n_acks >= MAX_PENDING_ACKS)
+                break;
+            g->acks = xrealloc(g->acks, (g->n_acks + 1) * sizeof(*g->acks));
+            g->acks[g->n_acks++] = a->ids[i];
+            a->ids[i] = NULL;
+        }
+    }
+    for (size_t i = 0; i < a->n; i++)
+        free(a->ids[i]);
+    free(a->ids);
     free(a);
     q_release(q);
 }
 
-static void ack(struct qgw *g, const char *id)
+/* Takes ids (n > 0): one XACK + XDEL for all of them. */
+static void ack_many(struct qgw *g, char **ids, size_t n)
 {
-    struct ack *a = xcalloc(1, sizeof(*a));
+    struct qack *a = xcalloc(1, sizeof(*a));
+
     a->g = g;
-    a->id = xstrdup(id);
+    a->ids = ids;
+    a->n = n;
+    a->next = g->acking;
+    g->acking = a;
     q_hold(g->q);
-    store_stream_ack(g->q->store, g->stream, GROUP, id, ack_done, a);
+    store_stream_ack_many(g->q->store, g->stream, GROUP,
+                          (const char *const *)ids, n, ack_done, a);
 }
 
 static bool ack_pending(const struct qgw *g, const char *id)
@@ -561,94 +623,147 @@ static bool ack_pending(const struct qgw *g, const char *id)
     for (size_t i = 0; i < g->n_acks; i++)
         if (strcmp(g->acks[i], id) == 0)
             return true;
+    for (const struct qack *a = g->acking; a; a = a->next)
+        for (size_t i = 0; i < a->n; i++)
+            if (strcmp(a->ids[i], id) == 0)
+                return true;
     return false;
 }
 
 /* ---- delivery ----------------------------------------------------------*/
 
+enum qitem_state {
+    QI_SKIP,  /* not handed over (stopped, not ready): stays pending */
+    QI_WAIT,  /* handed to deliver_fn, done not called yet */
+    QI_DONE,  /* delivered or dropped: acknowledge */
+    QI_RETRY, /* deliver_fn asked for a retry: stays pending */
+};
+
+struct qitem {
+    struct qgw *g;
+    struct store_entry e; /* owned copies of id and payload */
+    struct inmsg msg;
+    enum qitem_state state;
+};
+
 static void batch_free(struct qgw *g)
 {
     for (size_t i = 0; i < g->n; i++) {
-        free(g->batch[i].id);
-        free(g->batch[i].payload);
+        free(g->items[i].e.id);
+        free(g->items[i].e.payload);
+        inmsg_free_fields(&g->items[i].msg);
     }
-    free(g->batch);
-    g->batch = NULL;
-    g->n = g->pos = 0;
+    free(g->items);
+    g->items = NULL;
+    g->n = g->n_done = 0;
 }
 
-static void batch_next(struct qgw *g);
+static void set_retry(struct qgw *g, uint64_t delay_ms)
+{
+    uint64_t at = now_ms() + delay_ms;
+    if (!g->retry || at < g->retry_at)
+        g->retry_at = at;
+    g->retry = true;
+}
+
+/* The whole batch is back: acknowledge what is done, read on. */
+static void batch_end(struct qgw *g)
+{
+    struct queue *q = g->q;
+    char **ids = NULL;
+    size_t n_ids = 0;
+    bool full = g->n >= BATCH;
+
+    if (!q->freed) {
+        for (size_t i = 0; i < g->n; i++) {
+            if (g->items[i].state != QI_DONE)
+                continue;
+            if (!ids)
+                ids = xcalloc(g->n, sizeof(*ids));
+            ids[n_ids++] = g->items[i].e.id;
+            g->items[i].e.id = NULL;
+        }
+    }
+    batch_free(g);
+    if (n_ids)
+        ack_many(g, ids, n_ids);
+    /* more may be waiting: look again now rather than at the next tick
+     * (issued in this loop turn, so it travels with the ack) */
+    if (!q->freed && !q->stopped && !g->retry) {
+        if (full || n_ids)
+            g->want_read = true;
+        kick(q);
+    }
+}
 
 static void deliver_done(enum deliver_result r, void *arg)
 {
-    struct qgw *g = arg;
+    struct qitem *it = arg;
+    struct qgw *g = it->g;
     struct queue *q = g->q;
-    struct store_entry *e = &g->batch[g->pos];
 
-    g->delivering = false;
-    inmsg_free_fields(&g->msg);
+    inmsg_free_fields(&it->msg);
     if (q->freed) {
-        g->pos = g->n;
+        it->state = QI_SKIP;
     } else if (r == DELIVER_RETRY) {
         uint64_t d = backoff_ms(g->retry_attempt, RETRY_BASE_MS, RETRY_CAP_MS);
-        if (g->retry_attempt < 20)
+        if (!g->retry && g->retry_attempt < 20)
             g->retry_attempt++;
-        g->retry = true;
-        g->retry_at = now_ms() + d;
-        log_info(MOD, "in[%s]: delivery of %s postponed (%u ms)", g->gw, e->id,
-                 (unsigned)d);
-        /* the rest of the batch stays pending too, to keep the order */
-        g->pos = g->n;
+        set_retry(g, d);
+        it->state = QI_RETRY;
+        log_info(MOD, "in[%s]: delivery of %s postponed (%u ms)", g->gw,
+                 it->e.id, (unsigned)d);
     } else {
         if (r == DELIVER_DROP)
-            log_info(MOD, "in[%s]: %s dropped as undeliverable", g->gw, e->id);
+            log_info(MOD, "in[%s]: %s dropped as undeliverable", g->gw,
+                     it->e.id);
         else
             g->retry_attempt = 0;
-        ack(g, e->id);
-        g->pos++;
+        it->state = QI_DONE;
     }
-    if (!g->in_next)
-        batch_next(g);
+    g->n_done++;
+    if (!g->in_start && g->n_done == g->n)
+        batch_end(g);
     q_release(q);
 }
 
-/* Delivers the batch in order; done may run synchronously. */
-static void batch_next(struct qgw *g)
+/* Hands the whole batch over, in order; done may run synchronously. */
+static void batch_start(struct qgw *g)
 {
     struct queue *q = g->q;
     struct error err;
+    bool hold = q->stopped || (g->ready && !g->ready(g->arg));
 
-    g->in_next = true;
-    while (g->pos < g->n && !g->delivering) {
-        struct store_entry *e = &g->batch[g->pos];
-        if (q->freed || q->stopped || (g->ready && !g->ready(g->arg))) {
+    g->in_start = true;
+    q_hold(q);
+    for (size_t i = 0; i < g->n; i++) {
+        struct qitem *it = &g->items[i];
+        if (hold || q->freed) {
             /* left pending on us: re-read after a short wait */
-            g->retry = true;
-            g->retry_at = now_ms() + RETRY_BASE_MS;
-            g->pos = g->n;
-            break;
-        }
-        if (inmsg_from_json(e->payload, &g->msg, &err) < 0) {
-            log_warn(MOD, "in[%s]: entry %s: %s; dropped", g->gw, e->id,
-                     err.msg);
-            ack(g, e->id);
-            g->pos++;
+            it->state = QI_SKIP;
+            g->n_done++;
             continue;
         }
-        if (e->deliveries > 1)
+        if (inmsg_from_json(it->e.payload, &it->msg, &err) < 0) {
+            log_warn(MOD, "in[%s]: entry %s: %s; dropped", g->gw, it->e.id,
+                     err.msg);
+            it->state = QI_DONE;
+            g->n_done++;
+            continue;
+        }
+        if (it->e.deliveries > 1)
             log_info(MOD, "in[%s]: delivering %s again (delivery %u)", g->gw,
-                     e->id, e->deliveries);
-        g->delivering = true;
+                     it->e.id, it->e.deliveries);
+        it->state = QI_WAIT;
         q_hold(q);
-        g->fn(g->arg, &g->msg, deliver_done, g);
+        g->fn(g->arg, &it->msg, deliver_done, it);
     }
-    g->in_next = false;
-    if (g->pos >= g->n && !g->delivering) {
-        batch_free(g);
-        /* more may be waiting: look again now rather than in POLL_MS */
-        if (!q->freed && !q->stopped && !g->retry)
-            queue_kick(q);
-    }
+    if (hold)
+        set_retry(g, RETRY_BASE_MS);
+    g->in_start = false;
+    if (g->n_done == g->n)
+        batch_end(g);
+    q_release(q);
 }
 
 static void read_done(const struct error *err,
@@ -667,10 +782,8 @@ static void read_done(const struct error *err,
     }
     if (err) {
         log_warn(MOD, "in[%s]: cannot read the queue: %s", g->gw, err->msg);
-        if (own) {
-            g->retry = true;
-            g->retry_at = now_ms() + RETRY_BASE_MS;
-        }
+        if (own)
+            set_retry(g, RETRY_BASE_MS);
         q_release(q);
         return;
     }
@@ -679,22 +792,27 @@ static void read_done(const struct error *err,
         g->retry = true;
         g->retry_at = 0;
     }
-    g->batch = xcalloc(n + 1, sizeof(*g->batch));
+    g->items = xcalloc(n + 1, sizeof(*g->items));
     g->n = 0;
-    g->pos = 0;
+    g->n_done = 0;
     for (size_t i = 0; i < n; i++) {
-        /* an entry delivered whose ack is still to be retried */
+        /* an entry delivered whose ack is in flight or to be retried */
         if (ack_pending(g, entries[i].id))
             continue;
-        g->batch[g->n].id = xstrdup(entries[i].id);
-        g->batch[g->n].payload = xstrdup(entries[i].payload);
-        g->batch[g->n].deliveries = entries[i].deliveries;
-        g->n++;
+        struct qitem *it = &g->items[g->n++];
+        it->g = g;
+        it->e.id = xstrdup(entries[i].id);
+        it->e.payload = xstrdup(entries[i].payload);
+        it->e.deliveries = entries[i].deliveries;
     }
     if (g->n == 0) {
         batch_free(g);
+        if (n >= BATCH && !q->stopped) {
+            g->want_read = true;
+            kick(q);
+        }
     } else {
-        batch_next(g);
+        batch_start(g);
     }
     q_release(q);
 }
@@ -703,27 +821,26 @@ static void poll_gw(struct queue *q, struct qgw *g)
 {
     if (q->stopped)
         return;
-    if (g->reading || g->delivering || g->n || !g->fn)
+    if (g->reading || g->n || !g->fn)
         return;
     if (g->ready && !g->ready(g->arg))
         return;
     if (g->n_acks) {
         /* finish acknowledging before anything is read again */
-        size_t n = g->n_acks;
         char **ids = g->acks;
+        size_t n = g->n_acks;
         g->acks = NULL;
         g->n_acks = 0;
-        for (size_t i = 0; i < n; i++) {
-            ack(g, ids[i]);
-            free(ids[i]);
-        }
-        free(ids);
+        ack_many(g, ids, n);
         return;
     }
     /* retried entries go first: nothing new overtakes them */
     if (g->retry && now_ms() < g->retry_at)
         return;
+    if (!g->retry && !g->want_read && !q->tick)
+        return;
     g->reading = true;
+    g->want_read = false;
     q_hold(q);
     if (g->retry) {
         g->retry = false;
@@ -765,6 +882,7 @@ void outmsg_free_fields(struct outmsg *m)
     for (size_t i = 0; i < m->n_media && i < OUTMSG_MAX_MEDIA; i++)
         free(m->media[i]);
     free(m->last_error);
+    free(m->sender_addr);
     memset(m, 0, sizeof(*m));
 }
 
@@ -936,7 +1054,12 @@ int outref_from_json(const char *json, struct outref *out, struct error *err)
 
 /* ---- outbound queue ----------------------------------------------------*/
 
-#define OUT_CONCURRENCY 32
+#define OUT_CONCURRENCY 64
+/* reads of one outbound stream in flight at once, entries per read */
+#define OUT_MAX_READS 2
+#define OUT_READ_MAX 64
+/* how often a reader also reclaims a dead peer's entries (XAUTOCLAIM) */
+#define OUT_CLAIM_EVERY_MS 1000
 #define OUT_MAX_AGE_S 86400
 #define OUT_RETRY_BASE_MS 1000
 #define OUT_RETRY_CAP_MS 300000
@@ -969,8 +1092,11 @@ struct qout {
     struct outbound_conf c;
     outbound_send_fn *fn;
     void *arg;
-    bool reading, moving, touching;
-    uint64_t next_move, next_touch;
+    unsigned reads;    /* reads in flight */
+    unsigned reserved; /* entries those reads may bring */
+    bool want_read;    /* something may be waiting: read without a tick */
+    bool moving, touching;
+    uint64_t next_move, next_touch, next_claim;
     struct ojob *jobs; /* entries this process holds, by state */
     size_t n_jobs;
 };
@@ -994,6 +1120,7 @@ struct opush {
     struct queue *q;
     struct opush *prev, *next;
     char *gw, *stream, *uid, *json;
+    char *sender; /* bare JID of the sender; NULL if malformed */
     store_done_fn *fn;
     void *arg;
     uint64_t deadline;
@@ -1055,7 +1182,14 @@ void queue_outbound_register(struct queue *q, const char *gw,
     conf_defaults(&o->c);
     o->fn = fn;
     o->arg = arg;
-    queue_kick(q);
+    o->want_read = true;
+    kick(q);
+}
+
+static void outs_want_read(struct queue *q)
+{
+    for (struct qout *o = q->outs; o; o = o->next)
+        o->want_read = true;
 }
 
 size_t queue_inflight(const struct queue *q)
@@ -1128,8 +1262,16 @@ static void finish_done(const struct error *err, const char *value, void *arg)
                    "out[%s]: %s was taken over by another process; its "
                    "outcome is theirs",
                    o->gw, j->id);
+    if (j->notice) {
+        /* the script wrote a notice for the sender into "in:<gw>" */
+        struct qgw *g = find_gw(q, o->gw);
+        if (g)
+            g->want_read = true;
+        kick(q);
+    }
+    if (o->want_read)
+        kick(q);
     job_free(j);
-    queue_kick(q);
 }
 
 static void run_finish(struct ojob *j)
@@ -1302,6 +1444,10 @@ static void job_start(struct qout *o, const struct store_entry *e)
         return;
     }
     j->have_msg = true;
+    if (e->owner_checked) {
+        j->m.sender_checked = true;
+        j->m.sender_addr = e->owner ? xstrdup(e->owner) : NULL;
+    }
     if (wall_ms() >=
         (uint64_t)j->m.enqueued_at + (uint64_t)o->c.max_age_s * 1000u) {
         job_expire(j, j->m.last_error ? j->m.last_error
@@ -1317,14 +1463,21 @@ static void job_start(struct qout *o, const struct store_entry *e)
     o->fn(o->arg, &j->m, out_send_done, j);
 }
 
+struct oread {
+    struct qout *o;
+    unsigned n; /* entries asked for (reserved) */
+};
+
 static void out_read_done(const struct error *err,
                           const struct store_entry *entries, size_t n,
                           void *arg)
 {
-    struct qout *o = arg;
+    struct oread *r = arg;
+    struct qout *o = r->o;
     struct queue *q = o->q;
 
-    o->reading = false;
+    o->reads--;
+    o->reserved -= r->n;
     if (err && !q->freed)
         log_warn(MOD, "out[%s]: cannot read the queue: %s", o->gw, err->msg);
     for (size_t i = 0; !err && !q->freed && i < n; i++) {
@@ -1333,9 +1486,57 @@ static void out_read_done(const struct error *err,
             continue;
         job_start(o, &entries[i]);
     }
-    if (!err && n > 0 && !q->freed)
-        queue_kick(q);
+    /* a full read: more may be waiting */
+    if (!err && n >= r->n)
+        o->want_read = true;
+    if (o->want_read && !q->freed)
+        kick(q);
+    free(r);
     q_release(q);
+}
+
+/*
+ * Reads as many entries as there are free send slots (reads in flight
+ * count theirs), at most OUT_MAX_READS reads at once. Issued right after
+ * a local push, so that the push and the read travel in one write and one
+ * round trip. The senders' registrations come back with the entries.
+ */
+static void out_read(struct qout *o)
+{
+    struct queue *q = o->q;
+    size_t busy = o->n_jobs + o->reserved;
+    struct store_read rd;
+    struct oread *r;
+    uint64_t now;
+    unsigned n;
+
+    if (q->stopped || q->freed || !o->fn || !store_connected(q->store))
+        return;
+    if (o->reads >= OUT_MAX_READS || busy >= o->c.concurrency) {
+        o->want_read = true; /* a read or a send completing reads again */
+        return;
+    }
+    n = (unsigned)(o->c.concurrency - busy);
+    if (n > OUT_READ_MAX)
+        n = OUT_READ_MAX;
+    now = now_ms();
+    memset(&rd, 0, sizeof(rd));
+    rd.group = GROUP;
+    rd.consumer = q->consumer;
+    rd.count = n;
+    rd.min_idle_ms = o->c.claim_idle_ms;
+    rd.claim = now >= o->next_claim;
+    if (rd.claim)
+        o->next_claim = now + OUT_CLAIM_EVERY_MS;
+    rd.owner_gw = o->gw;
+    r = xcalloc(1, sizeof(*r));
+    r->o = o;
+    r->n = n;
+    o->reads++;
+    o->reserved += n;
+    o->want_read = false;
+    q_hold(q);
+    store_stream_read_ex(q->store, o->stream, &rd, out_read_done, r);
 }
 
 static void move_done(const struct error *err, const char *value, void *arg)
@@ -1351,7 +1552,7 @@ static void move_done(const struct error *err, const char *value, void *arg)
         log_debug(MOD, "out[%s]: %ld retries due", o->gw, moved);
         if (moved >= MOVE_BATCH)
             o->next_move = 0;
-        queue_kick(q);
+        kick(q);
     }
     q_release(q);
 }
@@ -1398,13 +1599,10 @@ static void poll_out(struct queue *q, struct qout *o)
         store_retry_move(q->store, o->stream, wall_ms(), MOVE_BATCH, move_done,
                          o);
     }
-    if (!o->reading && o->n_jobs < o->c.concurrency) {
-        o->reading = true;
-        q_hold(q);
-        store_stream_read(q->store, o->stream, GROUP, q->consumer,
-                          (unsigned)(o->c.concurrency - o->n_jobs),
-                          o->c.claim_idle_ms, out_read_done, o);
-    }
+    /* the tick reads once in a while (other processes' pushes, reclaim);
+     * otherwise only when something may be waiting */
+    if (o->want_read || (q->tick && o->reads == 0))
+        out_read(o);
 }
 
 static void poll_outs(struct queue *q)
@@ -1476,6 +1674,7 @@ static void opush_free(struct opush *p)
     free(p->stream);
     free(p->uid);
     free(p->json);
+    free(p->sender);
     free(p);
     q_release(q);
 }
@@ -1507,8 +1706,11 @@ static void opush_done(const struct error *err, const char *id, void *arg)
         log_debug(MOD, "out[%s]: persisted %s (%s)", p->gw, p->uid,
                   id ? id : "already there");
     p->fn(err, p->arg);
-    if (!err && !q->freed)
-        queue_kick(q);
+    if (!err && !q->freed) {
+        struct qout *o = find_out(q, p->gw);
+        if (o && o->want_read)
+            kick(q);
+    }
     opush_free(p);
 }
 
@@ -1521,10 +1723,16 @@ static void opush_timer(evutil_socket_t fd, short what, void *arg)
 
 static void opush_send(struct opush *p)
 {
+    struct qout *o = find_out(p->q, p->gw);
+
     /* the uid makes a repeated add (its first answer timed out, yet Redis
-     * ran it) a no-op */
-    store_stream_add(p->q->store, p->stream, p->uid, UID_TTL_S, p->json,
-                     opush_done, p);
+     * ran it) a no-op; the sender lets the reader check the registration
+     * in its own script */
+    store_stream_add_sender(p->q->store, p->stream, p->uid, UID_TTL_S, p->json,
+                            p->sender, opush_done, p);
+    /* pipelined behind the add: Redis runs it after, so it sees the entry */
+    if (o)
+        out_read(o);
 }
 
 void queue_outbound_push(struct queue *q, const char *gw,
@@ -1545,6 +1753,11 @@ void queue_outbound_push(struct queue *q, const char *gw,
     p->stream = xasprintf("out:%s", gw);
     p->uid = xstrdup(c.uid);
     p->json = outmsg_to_json(&c);
+    {
+        char bare[JID_MAX];
+        if (c.from_jid && jid_bare(c.from_jid, bare, sizeof(bare)) == 0)
+            p->sender = xstrdup(bare);
+    }
     p->fn = fn;
     p->arg = arg;
     p->deadline = now_ms() + PUSH_WINDOW_MS;

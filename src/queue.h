@@ -93,6 +93,14 @@ struct outmsg {
     int64_t enqueued_at; /* unix ms; push fills it when 0 */
     unsigned attempt;    /* failed sends so far */
     char *last_error;    /* retries and dead letters: the last failure */
+    /*
+     * Not persisted: set by the outbound consumer when its read looked up
+     * the sender's registration (bare JID of from_jid) in the same
+     * script. sender_addr is the registered address then, NULL when the
+     * sender is not registered. sender_checked false: nobody looked.
+     */
+    bool sender_checked;
+    char *sender_addr;
 };
 
 void outmsg_free_fields(struct outmsg *m);
@@ -145,7 +153,7 @@ void queue_inbound_push(struct queue *q, const char *gw, const struct inmsg *m,
                         store_done_fn *fn, void *arg);
 /* Per-gateway outbound settings (0 = the default in brackets). */
 struct outbound_conf {
-    unsigned concurrency;   /* sends in flight per process [32] */
+    unsigned concurrency;   /* sends in flight per process [64] */
     unsigned max_age_s;     /* retry for at most this long [86400] */
     unsigned retry_base_ms; /* first retry delay [1000] */
     unsigned retry_cap_ms;  /* longest retry delay [300000] */

@@ -65,6 +65,16 @@ struct router {
     bool stopped;
     struct op *ops; /* in flight */
     size_t n_ops;
+    /*
+     * The delivery chain: inbound entries in the order the queue handed
+     * them over. Their owner lookups run concurrently, but what they emit
+     * goes out from the head only, in that order, and after one came back
+     * DELIVER_RETRY nothing behind it is emitted (the queue hands them
+     * over again, in order) until the chain has emptied.
+     */
+    struct op *dq_head, *dq_tail;
+    bool dq_failed;
+    bool dq_draining;
 };
 
 /* Who is waiting for the outcome of a registration lookup or change. */
@@ -91,6 +101,11 @@ struct op {
     const struct inmsg *m;
     deliver_done_fn *done;
     void *done_arg;
+    struct op *dq_next; /* delivery chain */
+    bool dq_resolved;   /* the owner lookup answered */
+    bool dq_err;        /* ... with an error (dq_errmsg) */
+    char *dq_value;     /* ... the owner, NULL when none */
+    char dq_errmsg[160];
     /* router_send */
     const struct outmsg *om;
     outbound_done_fn *odone;
@@ -158,6 +173,7 @@ static void op_free(struct op *op)
     free(op->bare);
     free(op->addr);
     free(op->sessionid);
+    free(op->dq_value);
     free(op);
 }
 
@@ -1351,7 +1367,8 @@ static void on_msg_owner(const struct error *err, const char *value, void *arg)
         if (r->t->ops->segments)
             segments = r->t->ops->segments(r->t, &m);
         /* ratelimit_check also applies limits.max_segments */
-        ratelimit_check(r->store, r->t->conf, op->bare, segments, on_limits, op);
+        ratelimit_check(r->store, r->t->conf, op->bare, segments, on_limits,
+                        op);
         return; /* on_limits finishes op */
     }
     reply_error(r, op->st, &e);
@@ -1486,34 +1503,6 @@ static enum deliver_result deliver_to(struct router *r, const struct inmsg *m,
     return res;
 }
 
-static void on_deliver_owner(const struct error *err, const char *value,
-                             void *arg)
-{
-    struct op *op = arg;
-    struct router *r;
-    enum deliver_result res;
-    deliver_done_fn *done = op->done;
-    void *done_arg = op->done_arg;
-    char mask[128];
-
-    if (op_orphaned(op))
-        return;
-    r = op->r;
-    if (err) {
-        log_warn(r->mod, "cannot look up the owner of %s: %s",
-                 log_mask(op->m->to_addr, mask, sizeof(mask)), err->msg);
-        res = DELIVER_RETRY;
-    } else if (!value) {
-        log_notice(r->mod, "nobody owns %s; inbound message dropped",
-                   log_mask(op->m->to_addr, mask, sizeof(mask)));
-        res = DELIVER_DROP;
-    } else {
-        res = deliver_to(r, op->m, value);
-    }
-    op_free(op);
-    done(res, done_arg);
-}
-
 /* A notice for a sender: an XEP-0184 receipt or an error stanza. */
 static enum deliver_result emit_notice(struct router *r, const struct inmsg *m)
 {
@@ -1537,35 +1526,98 @@ static enum deliver_result emit_notice(struct router *r, const struct inmsg *m)
     return emit(r, st) < 0 ? DELIVER_RETRY : DELIVER_OK;
 }
 
-static void on_notice_owner(const struct error *err, const char *value,
-                            void *arg)
+/* What the head of the chain comes to, once its lookup answered. */
+static enum deliver_result dq_result(struct router *r, struct op *op)
+{
+    const struct inmsg *m = op->m;
+    bool notice = m->kind != INMSG_MESSAGE;
+    char mask[128];
+
+    if (r->dq_failed)
+        return DELIVER_RETRY; /* keep the order behind a postponed one */
+    if (op->dq_err) {
+        if (notice)
+            log_warn(r->mod, "cannot look up %s: %s",
+                     log_mask(op->bare, mask, sizeof(mask)), op->dq_errmsg);
+        else
+            log_warn(r->mod, "cannot look up the owner of %s: %s",
+                     log_mask(m->to_addr, mask, sizeof(mask)), op->dq_errmsg);
+        return DELIVER_RETRY;
+    }
+    if (!op->dq_value) {
+        if (notice)
+            /* unregistered meanwhile: nothing is delivered to it any more */
+            log_info(r->mod, "notice for %s dropped: not registered",
+                     log_mask(op->bare, mask, sizeof(mask)));
+        else
+            log_notice(r->mod, "nobody owns %s; inbound message dropped",
+                       log_mask(m->to_addr, mask, sizeof(mask)));
+        return DELIVER_DROP;
+    }
+    if (!notice)
+        return deliver_to(r, m, op->dq_value);
+    if (!r->sink.up(r->sink.arg))
+        return DELIVER_RETRY;
+    return emit_notice(r, m);
+}
+
+/* Finishes the resolved ops at the head of the chain, in order. */
+static void dq_drain(struct router *r)
+{
+    if (r->dq_draining)
+        return; /* a done() below led back here: the loop carries on */
+    r->dq_draining = true;
+    while (r->dq_head && r->dq_head->dq_resolved) {
+        struct op *op = r->dq_head;
+        deliver_done_fn *done = op->done;
+        void *done_arg = op->done_arg;
+        enum deliver_result res;
+
+        r->dq_head = op->dq_next;
+        if (!r->dq_head)
+            r->dq_tail = NULL;
+        res = dq_result(r, op);
+        if (res == DELIVER_RETRY)
+            r->dq_failed = true;
+        op_free(op);
+        done(res, done_arg);
+    }
+    if (!r->dq_head)
+        r->dq_failed = false;
+    r->dq_draining = false;
+}
+
+static void on_dq_owner(const struct error *err, const char *value, void *arg)
 {
     struct op *op = arg;
-    struct router *r;
-    enum deliver_result res;
-    deliver_done_fn *done = op->done;
-    void *done_arg = op->done_arg;
-    char mask[128];
 
     if (op_orphaned(op))
         return;
-    r = op->r;
+    op->dq_resolved = true;
     if (err) {
-        log_warn(r->mod, "cannot look up %s: %s",
-                 log_mask(op->bare, mask, sizeof(mask)), err->msg);
-        res = DELIVER_RETRY;
-    } else if (!value) {
-        /* unregistered meanwhile: nothing is delivered to it any more */
-        log_info(r->mod, "notice for %s dropped: not registered",
-                 log_mask(op->bare, mask, sizeof(mask)));
-        res = DELIVER_DROP;
-    } else if (!r->sink.up(r->sink.arg)) {
-        res = DELIVER_RETRY;
-    } else {
-        res = emit_notice(r, op->m);
+        op->dq_err = true;
+        snprintf(op->dq_errmsg, sizeof(op->dq_errmsg), "%s", err->msg);
+    } else if (value) {
+        op->dq_value = xstrdup(value);
     }
-    op_free(op);
-    done(res, done_arg);
+    dq_drain(op->r);
+}
+
+/* Appends an op for m to the chain; its lookup is issued by the caller. */
+static struct op *dq_push(struct router *r, const struct inmsg *m,
+                          deliver_done_fn *done, void *done_arg)
+{
+    struct op *op = op_new(r, ORIGIN_NONE, NULL);
+
+    op->m = m;
+    op->done = done;
+    op->done_arg = done_arg;
+    if (r->dq_tail)
+        r->dq_tail->dq_next = op;
+    else
+        r->dq_head = op;
+    r->dq_tail = op;
+    return op;
 }
 
 static void deliver_notice(struct router *r, const struct inmsg *m,
@@ -1581,12 +1633,9 @@ static void deliver_notice(struct router *r, const struct inmsg *m,
         done(DELIVER_DROP, done_arg);
         return;
     }
-    op = op_new(r, ORIGIN_NONE, NULL);
+    op = dq_push(r, m, done, done_arg);
     op->bare = xstrdup(bare);
-    op->m = m;
-    op->done = done;
-    op->done_arg = done_arg;
-    store_reg_get_addr(r->store, r->gw, bare, on_notice_owner, op);
+    store_reg_get_addr(r->store, r->gw, bare, on_dq_owner, op);
 }
 
 void router_deliver(void *router, const struct inmsg *m, deliver_done_fn *done,
@@ -1604,11 +1653,9 @@ void router_deliver(void *router, const struct inmsg *m, deliver_done_fn *done,
         done(DELIVER_DROP, done_arg);
         return;
     }
-    op = op_new(r, ORIGIN_NONE, NULL);
-    op->m = m;
-    op->done = done;
-    op->done_arg = done_arg;
-    store_reg_get_jid(r->store, r->gw, m->to_addr, on_deliver_owner, op);
+    op = dq_push(r, m, done, done_arg);
+    /* concurrent with the other lookups of the batch: one round trip */
+    store_reg_get_jid(r->store, r->gw, m->to_addr, on_dq_owner, op);
 }
 
 /* ---- outbound sends (queue consumer) ------------------------------------ */
@@ -1634,6 +1681,11 @@ static void on_send_done(void *arg, const struct error *err,
          err && err->temporary ? err->retry_after_s * 1000u : 0);
 }
 
+/*
+ * The sender's registration as looked up (by the queue's read, or here)
+ * just before the send: SPEC 3, nothing is sent for a JID after it
+ * unregistered, nor from an address it no longer holds.
+ */
 static void on_send_owner(const struct error *err, const char *value, void *arg)
 {
     struct op *op = arg;
@@ -1701,6 +1753,12 @@ void router_send(void *router, const struct outmsg *m, outbound_done_fn *done,
     op->om = m;
     op->odone = done;
     op->odone_arg = done_arg;
+    if (m->sender_checked) {
+        /* the queue's read looked it up in the same script: no second
+         * round trip (done may run synchronously, which the queue allows) */
+        on_send_owner(NULL, m->sender_addr, op);
+        return;
+    }
     store_reg_get_addr(r->store, r->gw, bare, on_send_owner, op);
 }
 
@@ -1806,8 +1864,7 @@ void router_on_delivery(struct router *r, const char *provider_id,
     op = op_new(r, ORIGIN_NONE, NULL);
     op->ddone = done;
     op->ddone_arg = done_arg;
-    if (state == DELIVERY_SENT || !provider_id || !*provider_id ||
-        !r->queue) {
+    if (state == DELIVERY_SENT || !provider_id || !*provider_id || !r->queue) {
         /* nothing to tell the user; still answer after this call */
         event_base_once(store_event_base(r->store), -1, EV_TIMEOUT,
                         delivery_noop, op, NULL);
@@ -1940,6 +1997,22 @@ void router_free(struct router *r)
 {
     if (!r)
         return;
+    /*
+     * Deliveries whose lookup answered but that wait behind the head of
+     * the chain get no further callback: hand them back for a retry.
+     */
+    while (r->dq_head) {
+        struct op *op = r->dq_head;
+        r->dq_head = op->dq_next;
+        op->dq_next = NULL;
+        if (op->dq_resolved) {
+            deliver_done_fn *done = op->done;
+            void *done_arg = op->done_arg;
+            op_free(op);
+            done(DELIVER_RETRY, done_arg);
+        }
+    }
+    r->dq_tail = NULL;
     /* Orphan what is still in flight; its callbacks finish on their own. */
     for (struct op *op = r->ops, *next; op; op = next) {
         next = op->next;

@@ -16,8 +16,16 @@
  * a failed connect; we only drop our pointer there and reconnect from a
  * timer. A command's bookkeeping (struct cmd) lives until both the caller
  * has been answered and hiredis has returned the privdata, so a late reply
- * never touches freed memory. Lua scripts are sent with EVAL (Redis caches
- * the compiled script by its body; the scripts are small).
+ * never touches freed memory.
+ *
+ * Lua scripts go out as EVALSHA: every script of this file is loaded with
+ * SCRIPT LOAD during the connection handshake (pipelined before the PING
+ * that makes the link count as up), and its SHA-1 is computed here once.
+ * A NOSCRIPT answer (SCRIPT FLUSH, a failover to a replica that never saw
+ * the load) re-sends that one command as EVAL with the full text, which
+ * also caches it again; a script that never ran has no effect, so the
+ * re-send cannot apply anything twice. Only script commands keep a copy of
+ * their arguments for that re-send.
  *
  * Never: block the loop, log a password, free the hiredis context from
  * inside one of its callbacks, or call a caller's callback twice.
@@ -35,6 +43,7 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
+#include "crypto.h"
 #include "log.h"
 
 #define MOD "store"
@@ -62,11 +71,18 @@ struct cmd {
         store_entries_fn *entries;
     } fn;
     void *arg;
-    unsigned gen;   /* link generation the command was sent on */
-    bool completed; /* the caller has been answered */
-    bool in_redis;  /* hiredis still holds this as privdata */
-    bool timed_out; /* first timer phase passed */
-    bool deferred;  /* the timer delivers err (never sent) */
+    unsigned gen;     /* link generation the command was sent on */
+    bool completed;   /* the caller has been answered */
+    bool in_redis;    /* hiredis still holds this as privdata */
+    bool timed_out;   /* first timer phase passed */
+    bool deferred;    /* the timer delivers err (never sent) */
+    bool deferred_ok; /* ... and it is a success (K_DONE only) */
+    bool resent;      /* NOSCRIPT: already re-sent as EVAL */
+    int script;       /* index of the script sent with EVALSHA, -1 if none */
+    /* script commands only: the arguments, for a re-send as EVAL */
+    int argc;
+    const char **argv;
+    size_t *lens;
     struct error err;
 };
 
@@ -262,6 +278,7 @@ static void cmd_free(struct cmd *c)
     cmd_unlink(c);
     if (c->timer)
         event_free(c->timer);
+    free(c->argv); /* one block with lens and the bytes */
     free(c);
 }
 
@@ -298,6 +315,10 @@ static void cmd_complete_begin(struct cmd *c)
 }
 
 static void cmd_timer_cb(evutil_socket_t fd, short what, void *arg);
+static void redis_cb(redisAsyncContext *ac, void *reply, void *privdata);
+static int script_find(const char *body);
+static const char *script_sha(int i);
+static void scripts_load(struct store *s);
 static void finish_str(struct cmd *c, redisReply *r);
 static void finish_entries(struct cmd *c, redisReply *r);
 
@@ -309,6 +330,7 @@ static struct cmd *cmd_new(struct store *s, enum cmd_kind kind,
     c->kind = kind;
     c->finish = finish;
     c->arg = arg;
+    c->script = -1;
     c->next = s->cmds;
     if (s->cmds)
         s->cmds->prev = c;
@@ -387,7 +409,10 @@ static void cmd_timer_cb(evutil_socket_t fd, short what, void *arg)
         e = c->err;
         cmd_complete_begin(c);
         cmd_unlink(c);
-        cmd_answer_error(c, &e);
+        if (c->deferred_ok)
+            c->fn.done(NULL, c->arg);
+        else
+            cmd_answer_error(c, &e);
         cmd_free(c);
         return;
     }
@@ -424,6 +449,17 @@ static void redis_cb(redisAsyncContext *ac, void *reply, void *privdata)
         cmd_free(c);
         return;
     }
+    if (r && r->type == REDIS_REPLY_ERROR && c->argv && !c->resent &&
+        str_has_prefix(r->str, "NOSCRIPT") && c->s->ac == ac) {
+        /* the script never ran: send its text once (Redis caches it);
+         * c->argv holds the EVAL form */
+        c->resent = true;
+        if (redisAsyncCommandArgv(ac, redis_cb, c, c->argc, c->argv, c->lens) ==
+            REDIS_OK) {
+            c->in_redis = true;
+            return;
+        }
+    }
     cmd_complete_begin(c);
     /* the caller may free the store from its callback: detach first */
     cmd_unlink(c);
@@ -449,17 +485,51 @@ static void redis_cb(redisAsyncContext *ac, void *reply, void *privdata)
 static void cmd_send(struct store *s, struct cmd *c, int argc,
                      const char **argv)
 {
-    size_t lens[MAX_ARGS];
+    size_t lens_small[MAX_ARGS];
+    size_t *lens = lens_small;
+    const char *sha_argv[MAX_ARGS];
+    const char **send_argv = argv;
     struct timeval tv;
+    int rc;
 
     if (!s->up || s->closing || !s->ac) {
         cmd_defer_error(c, "is unavailable");
         return;
     }
+    if (argc > MAX_ARGS)
+        lens = xcalloc((size_t)argc, sizeof(*lens));
     for (int i = 0; i < argc; i++)
         lens[i] = strlen(argv[i]);
-    if (redisAsyncCommandArgv(s->ac, redis_cb, c, argc, argv, lens) !=
-        REDIS_OK) {
+    if (argc >= 3 && argc <= MAX_ARGS && strcmp(argv[0], "EVAL") == 0 &&
+        (c->script = script_find(argv[1])) >= 0) {
+        /* one block: pointers, lengths, then the bytes (EVAL form) */
+        size_t bytes = 0;
+        char *p;
+        for (int i = 0; i < argc; i++)
+            bytes += lens[i] + 1;
+        c->argv =
+            xmalloc((size_t)argc * (sizeof(char *) + sizeof(size_t)) + bytes);
+        c->lens = (size_t *)(void *)(c->argv + argc);
+        p = (char *)(c->lens + argc);
+        for (int i = 0; i < argc; i++) {
+            memcpy(p, argv[i], lens[i]);
+            p[lens[i]] = '\0';
+            c->argv[i] = p;
+            c->lens[i] = lens[i];
+            p += lens[i] + 1;
+        }
+        c->argc = argc;
+        memcpy(sha_argv, argv, (size_t)argc * sizeof(*argv));
+        sha_argv[0] = "EVALSHA";
+        sha_argv[1] = script_sha(c->script);
+        lens[0] = 7;
+        lens[1] = 40;
+        send_argv = sha_argv;
+    }
+    rc = redisAsyncCommandArgv(s->ac, redis_cb, c, argc, send_argv, lens);
+    if (lens != lens_small)
+        free(lens);
+    if (rc != REDIS_OK) {
         cmd_defer_error(c, "connection is closing");
         return;
     }
@@ -693,6 +763,8 @@ static void link_open(struct store *s)
         const char *argv[] = {"SELECT", dbs};
         hs_send(s, 2, argv, false);
     }
+    if (s->ac)
+        scripts_load(s);
     const char *argv[] = {"PING"};
     if (s->ac)
         hs_send(s, 1, argv, true);
@@ -872,8 +944,11 @@ static void finish_keys(struct cmd *c, redisReply *r)
     finish_list_common(c, r, false);
 }
 
-/* Flat triples id, payload, deliveries from the read scripts. */
-static void finish_entries(struct cmd *c, redisReply *r)
+/*
+ * Flat triples id, payload, deliveries from the read scripts, or
+ * quadruples with the owner (string, nil, or -1 = not looked up).
+ */
+static void finish_entries_n(struct cmd *c, redisReply *r, size_t stride)
 {
     struct store_entry *v;
     size_t n;
@@ -882,15 +957,16 @@ static void finish_entries(struct cmd *c, redisReply *r)
         c->fn.entries(NULL, NULL, 0, c->arg);
         return;
     }
-    if (r->type != REDIS_REPLY_ARRAY || r->elements % 3) {
+    if (r->type != REDIS_REPLY_ARRAY || r->elements % stride) {
         answer_bad_reply(c);
         return;
     }
-    n = r->elements / 3;
+    n = r->elements / stride;
     v = xcalloc(n + 1, sizeof(*v));
     for (size_t i = 0; i < n; i++) {
-        redisReply *id = r->element[i * 3], *p = r->element[i * 3 + 1],
-                   *d = r->element[i * 3 + 2];
+        redisReply *id = r->element[i * stride],
+                   *p = r->element[i * stride + 1],
+                   *d = r->element[i * stride + 2];
         if (id->type != REDIS_REPLY_STRING || p->type != REDIS_REPLY_STRING ||
             d->type != REDIS_REPLY_INTEGER) {
             free(v);
@@ -903,9 +979,28 @@ static void finish_entries(struct cmd *c, redisReply *r)
             d->integer < 1
                 ? 1
                 : (d->integer > UINT_MAX ? UINT_MAX : (unsigned)d->integer);
+        if (stride == 4) {
+            redisReply *o = r->element[i * stride + 3];
+            if (o->type == REDIS_REPLY_STRING) {
+                v[i].owner_checked = true;
+                v[i].owner = o->str;
+            } else if (o->type == REDIS_REPLY_NIL) {
+                v[i].owner_checked = true;
+            }
+        }
     }
     c->fn.entries(NULL, v, n, c->arg);
     free(v);
+}
+
+static void finish_entries(struct cmd *c, redisReply *r)
+{
+    finish_entries_n(c, r, 3);
+}
+
+static void finish_entries4(struct cmd *c, redisReply *r)
+{
+    finish_entries_n(c, r, 4);
 }
 
 /* Reg set script: 1 bound, 0 conflict. */
@@ -1050,33 +1145,54 @@ void store_contact_list(struct store *s, const char *gw, const char *bare_jid,
     free(k);
 }
 
-/* KEYS stream seen; ARGV payload ttl. nil when seen before. */
+/*
+ * KEYS stream seen; ARGV payload ttl sender. nil when seen before. An
+ * empty sender adds no "k" field.
+ */
 static const char stream_add_lua[] =
     "if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then\n"
     "  return false\n"
     "end\n"
+    "if ARGV[3] ~= '' then\n"
+    "  return redis.call('XADD', KEYS[1], '*', 'p', ARGV[1], 'k', ARGV[3])\n"
+    "end\n"
     "return redis.call('XADD', KEYS[1], '*', 'p', ARGV[1])\n";
 
-void store_stream_add(struct store *s, const char *name, const char *dedupe_id,
-                      unsigned dedupe_ttl_s, const char *payload,
-                      store_str_fn *fn, void *arg)
+void store_stream_add_sender(struct store *s, const char *name,
+                             const char *dedupe_id, unsigned dedupe_ttl_s,
+                             const char *payload, const char *sender,
+                             store_str_fn *fn, void *arg)
 {
     char *k = stream_key(s, name);
     struct cmd *c = new_str(s, fn, arg);
 
+    if (sender && !*sender)
+        sender = NULL;
     if (dedupe_id) {
         char *seen = xasprintf("%s:seen:%s:%s", s->prefix, name, dedupe_id);
         char ttl[16];
         snprintf(ttl, sizeof(ttl), "%u", dedupe_ttl_s ? dedupe_ttl_s : 1);
-        const char *argv[] = {"EVAL", stream_add_lua, "2", k,
-                              seen,   payload,        ttl};
-        cmd_send(s, c, 7, argv);
+        const char *argv[] = {
+            "EVAL", stream_add_lua, "2", k,
+            seen,   payload,        ttl, sender ? sender : ""};
+        cmd_send(s, c, 8, argv);
         free(seen);
+    } else if (sender) {
+        const char *argv[] = {"XADD", k, "*", "p", payload, "k", sender};
+        cmd_send(s, c, 7, argv);
     } else {
         const char *argv[] = {"XADD", k, "*", "p", payload};
         cmd_send(s, c, 5, argv);
     }
     free(k);
+}
+
+void store_stream_add(struct store *s, const char *name, const char *dedupe_id,
+                      unsigned dedupe_ttl_s, const char *payload,
+                      store_str_fn *fn, void *arg)
+{
+    store_stream_add_sender(s, name, dedupe_id, dedupe_ttl_s, payload, NULL, fn,
+                            arg);
 }
 
 /*
@@ -1204,6 +1320,144 @@ void store_stream_ack(struct store *s, const char *name, const char *group,
     const char *argv[] = {"EVAL", stream_ack_lua, "1", k, group, id};
     cmd_send(s, new_done(s, finish_done, fn, arg), 6, argv);
     free(k);
+}
+
+/*
+ * KEYS stream; ARGV group ids... One XACK and one XDEL for all of them.
+ */
+static const char stream_ack_many_lua[] =
+    "redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))\n"
+    "return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))\n";
+
+void store_stream_ack_many(struct store *s, const char *name, const char *group,
+                           const char *const *ids, size_t n, store_done_fn *fn,
+                           void *arg)
+{
+    char *k;
+    const char **argv;
+    struct cmd *c = new_done(s, finish_done, fn, arg);
+
+    if (n == 0) {
+        /* nothing to send, still answered from the loop */
+        struct timeval tv = {0, 0};
+        c->deferred = true;
+        c->deferred_ok = true;
+        event_add(c->timer, &tv);
+        return;
+    }
+    k = stream_key(s, name);
+    argv = xcalloc(n + 5, sizeof(*argv));
+    argv[0] = "EVAL";
+    argv[1] = stream_ack_many_lua;
+    argv[2] = "1";
+    argv[3] = k;
+    argv[4] = group;
+    for (size_t i = 0; i < n; i++)
+        argv[5 + i] = ids[i];
+    cmd_send(s, c, (int)(n + 5), argv);
+    free(argv);
+    free(k);
+}
+
+/*
+ * KEYS stream j2a; ARGV group consumer count min_idle claim lookup.
+ * Like stream_read_lua (claim "1": XAUTOCLAIM first), returning
+ * quadruples id, payload, deliveries, owner: with lookup "1" and a "k"
+ * field in the entry, owner is HGET j2a k (nil when not registered);
+ * otherwise -1 (not looked up).
+ */
+static const char stream_read_ex_lua[] =
+    "local key, g, c = KEYS[1], ARGV[1], ARGV[2]\n"
+    "local n = tonumber(ARGV[3])\n"
+    "local lookup = ARGV[6] == '1'\n"
+    "local out = {}\n"
+    "local got = 0\n"
+    "local function add(e, d)\n"
+    "  local p, k = '', false\n"
+    "  local f = e[2]\n"
+    "  if type(f) == 'table' then\n"
+    "    for i = 1, #f - 1, 2 do\n"
+    "      if f[i] == 'p' then p = f[i + 1]\n"
+    "      elseif f[i] == 'k' then k = f[i + 1] end\n"
+    "    end\n"
+    "  end\n"
+    "  out[#out + 1] = e[1]\n"
+    "  out[#out + 1] = p\n"
+    "  out[#out + 1] = d\n"
+    "  if lookup and k then\n"
+    "    out[#out + 1] = redis.call('HGET', KEYS[2], k)\n"
+    "  else\n"
+    "    out[#out + 1] = -1\n"
+    "  end\n"
+    "  got = got + 1\n"
+    "end\n"
+    "local function mkgroup()\n"
+    "  local x = redis.pcall('XGROUP', 'CREATE', key, g, '0', 'MKSTREAM')\n"
+    "  if type(x) == 'table' and x.err and\n"
+    "     not string.find(x.err, 'BUSYGROUP') then return x end\n"
+    "  return nil\n"
+    "end\n"
+    "if ARGV[5] == '1' then\n"
+    "  local r = redis.pcall('XAUTOCLAIM', key, g, c, ARGV[4], '0-0',\n"
+    "                        'COUNT', n)\n"
+    "  if type(r) == 'table' and r.err then\n"
+    "    if not string.find(r.err, 'NOGROUP') then return r end\n"
+    "    local x = mkgroup()\n"
+    "    if x then return x end\n"
+    "    r = {'0-0', {}}\n"
+    "  end\n"
+    "  for _, e in ipairs(r[2]) do\n"
+    "    if type(e) == 'table' and e[1] then\n"
+    "      local d = 1\n"
+    "      local pe = redis.call('XPENDING', key, g, e[1], e[1], 1)\n"
+    "      if pe[1] then d = pe[1][4] end\n"
+    "      add(e, d)\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "if got < n then\n"
+    "  local x = redis.pcall('XREADGROUP', 'GROUP', g, c, 'COUNT', n - got,\n"
+    "                        'STREAMS', key, '>')\n"
+    "  if type(x) == 'table' and x.err then\n"
+    "    if not string.find(x.err, 'NOGROUP') then return x end\n"
+    "    local y = mkgroup()\n"
+    "    if y then return y end\n"
+    "    x = redis.call('XREADGROUP', 'GROUP', g, c, 'COUNT', n - got,\n"
+    "                   'STREAMS', key, '>')\n"
+    "  end\n"
+    "  if x and x[1] then\n"
+    "    for _, e in ipairs(x[1][2]) do add(e, 1) end\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
+
+void store_stream_read_ex(struct store *s, const char *name,
+                          const struct store_read *rd, store_entries_fn *fn,
+                          void *arg)
+{
+    char *k = stream_key(s, name);
+    char *j2a = rd->owner_gw ? reg_key(s, rd->owner_gw, "j2a")
+                             : xasprintf("%s:reg:-", s->prefix);
+    char cnt[16], idle[16];
+    struct cmd *c = new_entries(s, fn, arg);
+
+    c->finish = finish_entries4;
+    snprintf(cnt, sizeof(cnt), "%u", rd->count ? rd->count : 1);
+    snprintf(idle, sizeof(idle), "%u", rd->min_idle_ms);
+    const char *argv[] = {"EVAL",
+                          stream_read_ex_lua,
+                          "2",
+                          k,
+                          j2a,
+                          rd->group,
+                          rd->consumer,
+                          cnt,
+                          idle,
+                          rd->claim ? "1" : "0",
+                          rd->owner_gw ? "1" : "0"};
+    cmd_send(s, c, (int)ARRAY_SIZE(argv), argv);
+    free(k);
+    free(j2a);
 }
 
 void store_stream_len(struct store *s, const char *name, store_str_fn *fn,
@@ -1716,4 +1970,63 @@ void store_mail_thread_put(struct store *s, const char *gw, const char *addr,
     cmd_send(s, new_str(s, fn, arg), 11, argv);
     free(mid);
     free(tk);
+}
+
+/* ---- script registry ---------------------------------------------------*/
+
+/* Every script sent with EVAL above: loaded at connect, sent by SHA-1. */
+static const char *const script_bodies[] = {
+    reg_set_lua,         reg_remove_lua,      stream_add_lua,
+    stream_read_lua,     stream_read_own_lua, stream_ack_lua,
+    stream_ack_many_lua, stream_read_ex_lua,  stream_finish_lua,
+    retry_move_lua,      stream_touch_lua,    stream_range_lua,
+    stream_move_lua,     limit_count_lua,     queue_depths_lua,
+    sms_concat_add_lua,  mail_thread_put_lua,
+};
+static char script_shas[ARRAY_SIZE(script_bodies)][41];
+
+static int script_find(const char *body)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(script_bodies); i++) {
+        if (script_bodies[i] != body)
+            continue;
+        if (!script_shas[i][0]) {
+            unsigned char d[CRYPTO_MAX_DIGEST];
+            if (crypto_digest(CRYPTO_SHA1, body, strlen(body), d) != 20)
+                return -1; /* sent as EVAL then */
+            crypto_hex(d, 20, script_shas[i]);
+        }
+        return (int)i;
+    }
+    return -1;
+}
+
+static const char *script_sha(int i)
+{
+    return script_shas[i];
+}
+
+static void script_load_cb(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    (void)ac;
+    (void)reply;
+    /* an error (say, an ACL without SCRIPT) only means EVAL on NOSCRIPT */
+    cmd_free(privdata);
+}
+
+/* Pipelined in the handshake, before the PING that brings the link up. */
+static void scripts_load(struct store *s)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(script_bodies); i++) {
+        const char *argv[] = {"SCRIPT", "LOAD", script_bodies[i]};
+        size_t lens[] = {6, 4, strlen(script_bodies[i])};
+        struct cmd *c = cmd_new(s, K_INTERNAL, handshake_reply, NULL);
+        c->gen = s->gen;
+        if (redisAsyncCommandArgv(s->ac, script_load_cb, c, 3, argv, lens) !=
+            REDIS_OK) {
+            cmd_free(c);
+            return;
+        }
+        c->in_redis = true;
+    }
 }

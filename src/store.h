@@ -90,6 +90,14 @@ struct store_entry {
     char *id;            /* stream entry id */
     char *payload;       /* the "p" field */
     unsigned deliveries; /* times delivered to a consumer (1 = first) */
+    /*
+     * store_stream_read_ex with owner_gw only: the entry was added with a
+     * sender (store_stream_add_sender) and owner is that sender's
+     * registered address (HGET reg:<gw>:j2a sender) at the time of the
+     * read, NULL when not registered. owner_checked false: not looked up.
+     */
+    bool owner_checked;
+    char *owner;
 };
 typedef void store_entries_fn(const struct error *err,
                               const struct store_entry *entries, size_t n,
@@ -104,6 +112,15 @@ typedef void store_entries_fn(const struct error *err,
 void store_stream_add(struct store *s, const char *name, const char *dedupe_id,
                       unsigned dedupe_ttl_s, const char *payload,
                       store_str_fn *fn, void *arg);
+/*
+ * store_stream_add with a "k" field naming the sender (a bare JID), so
+ * that store_stream_read_ex can look up its registration in the same
+ * round trip as the read. sender NULL or "": as store_stream_add.
+ */
+void store_stream_add_sender(struct store *s, const char *name,
+                             const char *dedupe_id, unsigned dedupe_ttl_s,
+                             const char *payload, const char *sender,
+                             store_str_fn *fn, void *arg);
 /*
  * Reads up to count entries for consumer in group (created with MKSTREAM
  * when missing): first entries pending longer than min_idle_ms for any
@@ -123,9 +140,33 @@ void store_stream_read_own(struct store *s, const char *name, const char *group,
                            const char *consumer, unsigned count,
                            unsigned min_idle_ms, store_entries_fn *fn,
                            void *arg);
+/* What store_stream_read_ex does. Strings borrowed for the call. */
+struct store_read {
+    const char *group;
+    const char *consumer;
+    unsigned count;
+    bool claim; /* XAUTOCLAIM entries idle >= min_idle_ms first */
+    unsigned min_idle_ms;
+    const char *owner_gw; /* non-NULL: fill store_entry.owner (reg. of gw) */
+};
+/*
+ * store_stream_read with the reclaim optional (a reader that reclaims on
+ * a timer need not scan the pending list at every read) and the senders'
+ * registrations looked up in the same script.
+ */
+void store_stream_read_ex(struct store *s, const char *name,
+                          const struct store_read *rd, store_entries_fn *fn,
+                          void *arg);
 /* XACK + XDEL. */
 void store_stream_ack(struct store *s, const char *name, const char *group,
                       const char *id, store_done_fn *fn, void *arg);
+/*
+ * XACK + XDEL of n ids (one script, one round trip). n == 0 succeeds
+ * without a command (still never inside the call).
+ */
+void store_stream_ack_many(struct store *s, const char *name, const char *group,
+                           const char *const *ids, size_t n, store_done_fn *fn,
+                           void *arg);
 /* XLEN; value is the decimal length. */
 void store_stream_len(struct store *s, const char *name, store_str_fn *fn,
                       void *arg);

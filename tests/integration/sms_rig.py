@@ -425,6 +425,20 @@ def out_stream_payloads(stack, gw=SMS_JID):
     return out
 
 
+def out_pending_bodies(stack, gw=SMS_JID, group="postern"):
+    """Bodies of the outbound entries claimed by a consumer and not yet
+    acknowledged (the sends in flight, XPENDING of the group)."""
+    key = "%s:stream:out:%s" % (stack.prefix, gw)
+    port = stack.redis.port
+    out = []
+    for pid, _consumer, _idle, _n in redis_cmd(port, "XPENDING", key, group,
+                                               "-", "+", "10000") or []:
+        for _id, fields in redis_cmd(port, "XRANGE", key, pid, pid) or []:
+            kv = dict(zip(fields[::2], fields[1::2]))
+            out.append(json.loads(kv["p"]).get("body"))
+    return out
+
+
 def redis_restart_begin(stack):
     """Stops the stack's redis-server after writing its data to disk
     (SHUTDOWN SAVE: the rig runs it without save points)."""

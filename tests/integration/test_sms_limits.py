@@ -6,7 +6,6 @@ allowed_countries -> other destinations refused (not-acceptable), listed
 ones sent."""
 
 import time
-import unittest
 
 import rig
 import sms_rig
@@ -56,11 +55,6 @@ class TestSmsLimits(sms_rig.SmsStackTest):
                                 if b.startswith("rate ")),
                          ["rate 0", "rate 1", "rate 2"])
 
-    # BUG: transports/sms/sms.c sms_transport_ops has no .segments, so
-    # router.c (message to contact, before ratelimit_check) counts every
-    # message as 1 segment and limits.max_segments is never enforced: the
-    # 3-segment body below is sent. Remove this marker once it is fixed.
-    @unittest.expectedFailure
     def test_max_segments(self):
         to = contact("+15551280002")
         long_text = "x" * 400          # GSM-7: 3 segments of 153

@@ -5,7 +5,9 @@
  * the fixture messages in tests/data/mail (plain, multipart/alternative,
  * HTML only, ISO-8859-1, windows-1252, Shift_JIS, RFC 2047 in several
  * charsets, attachments, forwarded messages, malformed MIME), the input
- * bounds, and compose -> parse round trips.
+ * bounds, compose -> parse round trips, NUL bytes in text, invalid
+ * Content-Types (RFC 2045 5.2), charset fallbacks, and which inline parts
+ * make the text (several text parts, named inline text, alternatives).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -690,6 +692,277 @@ static void test_parse_garbage(void **state)
     mime_parsed_free(&m);
 }
 
+/* Parses len bytes that must parse; fails the test otherwise. */
+static void parse_bytes(const char *data, size_t len, struct mail_parsed *m)
+{
+    struct error err;
+
+    if (mime_parse(data, len, m, &err) != 0)
+        fail_msg("parse failed: %s", err.msg);
+}
+
+/* sizeof - 1 keeps the NUL bytes inside the literal */
+#define PARSE_LIT(lit, m) parse_bytes(lit, sizeof(lit) - 1, m)
+
+#define HDRS                                                                   \
+    "From: a@example.net\r\nTo: alice@mail.example.org\r\n"                    \
+    "Subject: t\r\nMIME-Version: 1.0\r\n"
+
+/* NUL cannot travel in XMPP: it is dropped, the text after it stays. */
+static void test_parse_nul(void **state)
+{
+    struct mail_parsed m;
+    (void)state;
+
+    PARSE_LIT(HDRS "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+                   "before the NUL\0 after the NUL\r\n",
+              &m);
+    assert_string_equal(m.text, "before the NUL after the NUL");
+    assert_int_equal(m.n_attachments, 0);
+    mime_parsed_free(&m);
+
+    /* NUL from a transfer encoding: "a\0b\0\0c" in base64 */
+    PARSE_LIT(HDRS "Content-Type: text/plain; charset=utf-8\r\n"
+                   "Content-Transfer-Encoding: base64\r\n\r\nYQBiAABj\r\n",
+              &m);
+    assert_string_equal(m.text, "abc");
+    mime_parsed_free(&m);
+
+    /* through a charset conversion, and with no charset at all */
+    PARSE_LIT(HDRS "Content-Type: text/plain; charset=iso-8859-1\r\n"
+                   "Content-Transfer-Encoding: 8bit\r\n\r\n"
+                   "caf\xe9\0 cr\xe8me\r\n",
+              &m);
+    assert_string_equal(m.text, "café crème");
+    mime_parsed_free(&m);
+    PARSE_LIT(HDRS "\r\none\0two\r\n", &m);
+    assert_string_equal(m.text, "onetwo");
+    mime_parsed_free(&m);
+
+    /* in the HTML part that gives the text */
+    PARSE_LIT(HDRS "Content-Type: text/html; charset=utf-8\r\n\r\n"
+                   "<p>first\0 half</p><p>second half</p>\r\n",
+              &m);
+    assert_string_equal(m.text, "first half\n\nsecond half");
+    mime_parsed_free(&m);
+
+    /* in the header section: GMime would cut From and Subject there */
+    PARSE_LIT("From: Ab\0c <ab@example.net>\r\nSubject: before\0after\r\n"
+              "\r\nbody\0\r\n",
+              &m);
+    assert_string_equal(m.from_addr, "ab@example.net");
+    assert_string_equal(m.from_name, "Ab c");
+    assert_string_equal(m.subject, "before after");
+    assert_string_equal(m.text, "body");
+    mime_parsed_free(&m);
+
+    /* UTF-16 is full of NUL bytes that are not NUL characters */
+    PARSE_LIT(HDRS "Content-Type: text/plain; charset=utf-16le\r\n"
+                   "Content-Transfer-Encoding: 8bit\r\n\r\n"
+                   "h\0i\0 \0\xe9\0",
+              &m);
+    assert_string_equal(m.text, "hi é");
+    mime_parsed_free(&m);
+}
+
+/* RFC 2045 5.2: an invalid Content-Type is text/plain; charset=us-ascii. */
+static void test_parse_invalid_content_type(void **state)
+{
+    static const char *const types[] = {
+        ";;;=",           "text",
+        "text/",          "",
+        "foo bar",        "plain",
+        "/plain",         "text/;",
+        "\"text/plain\"", "t\xc3\xa9xt/plain", /* 8-bit is no token */
+        "te xt/plain",    "(unclosed text/plain",
+    };
+    struct mail_parsed m;
+    (void)state;
+
+    for (size_t i = 0; i < ARRAY_SIZE(types); i++) {
+        char *msg = xasprintf(HDRS "Content-Type: %s\r\n\r\n"
+                                   "words under a broken type\r\n",
+                              types[i]);
+        parse_bytes(msg, strlen(msg), &m);
+        if (strcmp(m.text, "words under a broken type") != 0 ||
+            m.n_attachments != 0)
+            fail_msg("type \"%s\": text \"%s\", %zu attachments", types[i],
+                     m.text, m.n_attachments);
+        mime_parsed_free(&m);
+        free(msg);
+    }
+
+    /* the charset parameter of an invalid type is not believed: the
+     * body's UTF-8 is still read as UTF-8, not as KOI8-R */
+    PARSE_LIT(HDRS "Content-Type: ; charset=koi8-r\r\n\r\ncaf\xc3\xa9\r\n", &m);
+    assert_string_equal(m.text, "café");
+    mime_parsed_free(&m);
+
+    /* a real application/octet-stream stays an attachment */
+    PARSE_LIT(HDRS "Content-Type: application/octet-stream\r\n\r\nbytes\r\n",
+              &m);
+    assert_string_equal(m.text, "");
+    assert_int_equal(m.n_attachments, 1);
+    assert_string_equal(m.attachments[0].type, "application/octet-stream");
+    mime_parsed_free(&m);
+
+    /* inside a multipart, next to real attachments */
+    parse_file("invalid_type.eml", &m);
+    assert_string_equal(m.text, "words under a broken content type");
+    assert_int_equal(m.n_attachments, 2);
+    assert_string_equal(m.attachments[0].name, "blob.bin");
+    assert_string_equal(m.attachments[0].type, "application/octet-stream");
+    assert_int_equal(m.attachments[0].size, 12); /* "0123456789\r\n" */
+    /* an explicit attachment keeps its place, listed as the text it is */
+    assert_string_equal(m.attachments[1].name, "typeless.txt");
+    assert_string_equal(m.attachments[1].type, "text/plain");
+    mime_parsed_free(&m);
+}
+
+/* Bytes a charset cannot hold become U+FFFD instead of vanishing. */
+static void test_parse_charset_best_effort(void **state)
+{
+    struct mail_parsed m;
+    (void)state;
+
+    /* a UTF-8 label on broken UTF-8 */
+    PARSE_LIT(HDRS "Content-Type: text/plain; charset=utf-8\r\n"
+                   "Content-Transfer-Encoding: 8bit\r\n\r\n"
+                   "broken \xc3\x28 utf8\r\n",
+              &m);
+    assert_string_equal(m.text, "broken \xef\xbf\xbd( utf8");
+    mime_parsed_free(&m);
+
+    /* a known charset, a byte it does not define (0x81 in windows-1252) */
+    PARSE_LIT(HDRS "Content-Type: text/plain; charset=windows-1252\r\n"
+                   "Content-Transfer-Encoding: 8bit\r\n\r\n"
+                   "a\x81"
+                   "b \x80\r\n",
+              &m);
+    assert_string_equal(m.text, "a\xef\xbf\xbd"
+                                "b €");
+    mime_parsed_free(&m);
+
+    /* a stateful charset cut short keeps what came before */
+    PARSE_LIT(HDRS "Content-Type: text/plain; charset=shift_jis\r\n"
+                   "Content-Transfer-Encoding: 8bit\r\n\r\n"
+                   "ok \x82\xa0 \x82",
+              &m);
+    assert_string_equal(m.text, "ok あ \xef\xbf\xbd");
+    mime_parsed_free(&m);
+
+    /* 8-bit text under us-ascii or no label: UTF-8 when it is UTF-8,
+     * windows-1252 otherwise (as for raw 8-bit headers) */
+    PARSE_LIT(HDRS "Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+                   "na\xc3\xafve caf\xc3\xa9\r\n",
+              &m);
+    assert_string_equal(m.text, "naïve café");
+    mime_parsed_free(&m);
+    PARSE_LIT(HDRS "Content-Type: text/plain; charset=\"US-ASCII\"\r\n\r\n"
+                   "na\xefve \x93quoted\x94\r\n",
+              &m);
+    assert_string_equal(m.text, "naïve “quoted”");
+    mime_parsed_free(&m);
+    PARSE_LIT(HDRS "\r\ncaf\xe9\r\n", &m);
+    assert_string_equal(m.text, "café");
+    mime_parsed_free(&m);
+
+    /* a charset nobody knows, in an HTML part too */
+    PARSE_LIT(HDRS "Content-Type: text/html; charset=x-martian\r\n\r\n"
+                   "<p>abc \xe9 def</p>\r\n",
+              &m);
+    assert_string_equal(m.text, "abc \xef\xbf\xbd def");
+    mime_parsed_free(&m);
+}
+
+/* Several inline text parts, named inline text parts, alternatives. */
+static void test_parse_text_parts(void **state)
+{
+    struct mail_parsed m;
+    (void)state;
+
+    /* text, photo, text, a named text file, a list footer */
+    parse_file("inline_parts.eml", &m);
+    assert_string_equal(m.text,
+                        "Here is the first photo:\n\n"
+                        "and the second one, from the café.\n\n"
+                        "_______________________________________________\n"
+                        "list mailing list");
+    assert_int_equal(m.n_attachments, 2);
+    assert_string_equal(m.attachments[0].name, "beach.jpg");
+    assert_string_equal(m.attachments[0].type, "image/jpeg");
+    assert_string_equal(m.attachments[1].name, "notes.txt");
+    assert_string_equal(m.attachments[1].type, "text/plain");
+    mime_parsed_free(&m);
+
+    /* an inline named text part is the text when there is no other */
+    parse_file("inline_named_only.eml", &m);
+    assert_string_equal(m.text, "The report is the whole message.");
+    assert_int_equal(m.n_attachments, 1);
+    assert_string_equal(m.attachments[0].name, "report.pdf");
+    mime_parsed_free(&m);
+
+    /* also a named part that is the whole message, and named HTML */
+    PARSE_LIT(HDRS "Content-Type: text/plain; name=\"memo.txt\"\r\n\r\n"
+                   "memo body\r\n",
+              &m);
+    assert_string_equal(m.text, "memo body");
+    assert_int_equal(m.n_attachments, 0);
+    mime_parsed_free(&m);
+    PARSE_LIT(HDRS "Content-Type: text/html\r\n"
+                   "Content-Disposition: inline; filename=page.html\r\n\r\n"
+                   "<p>page <b>body</b></p>\r\n",
+              &m);
+    assert_string_equal(m.text, "page body");
+    assert_int_equal(m.n_attachments, 0);
+    mime_parsed_free(&m);
+
+    /* but "attachment" is never the text */
+    PARSE_LIT(HDRS "Content-Type: text/plain\r\n"
+                   "Content-Disposition: attachment; filename=a.txt\r\n\r\n"
+                   "file body\r\n",
+              &m);
+    assert_string_equal(m.text, "");
+    assert_int_equal(m.n_attachments, 1);
+    assert_string_equal(m.attachments[0].name, "a.txt");
+    assert_int_equal(m.attachments[0].size, 11);
+    mime_parsed_free(&m);
+
+    /* alternatives give one text, plain preferred in any order; a part
+     * after the alternative is more text */
+    PARSE_LIT(HDRS "Content-Type: multipart/mixed; boundary=o\r\n\r\n"
+                   "--o\r\nContent-Type: multipart/alternative; boundary=i\r\n"
+                   "\r\n--i\r\nContent-Type: text/html\r\n\r\n<p>rich</p>\r\n"
+                   "--i\r\nContent-Type: text/plain\r\n\r\nplain\r\n"
+                   "--i\r\nContent-Type: text/plain\r\n\r\nplain again\r\n"
+                   "--i--\r\n"
+                   "--o\r\nContent-Type: text/plain\r\n\r\nfooter\r\n--o--\r\n",
+              &m);
+    assert_string_equal(m.text, "plain\n\nfooter");
+    assert_int_equal(m.n_attachments, 0);
+    mime_parsed_free(&m);
+
+    /* a blank text/plain alternative does not hide the HTML one */
+    PARSE_LIT(HDRS "Content-Type: multipart/alternative; boundary=i\r\n\r\n"
+                   "--i\r\nContent-Type: text/plain\r\n\r\n \r\n\r\n"
+                   "--i\r\nContent-Type: text/html\r\n\r\n<p>rich</p>\r\n"
+                   "--i--\r\n",
+              &m);
+    assert_string_equal(m.text, "rich");
+    mime_parsed_free(&m);
+
+    /* ... also when more text follows the alternative */
+    PARSE_LIT(HDRS "Content-Type: multipart/mixed; boundary=o\r\n\r\n"
+                   "--o\r\nContent-Type: multipart/alternative; boundary=i\r\n"
+                   "\r\n--i\r\nContent-Type: text/plain\r\n\r\n\r\n"
+                   "--i\r\nContent-Type: text/html\r\n\r\n<p>rich</p>\r\n"
+                   "--i--\r\n"
+                   "--o\r\nContent-Type: text/plain\r\n\r\nfooter\r\n--o--\r\n",
+              &m);
+    assert_string_equal(m.text, "rich\n\nfooter");
+    mime_parsed_free(&m);
+}
+
 static char *nested(int depth, size_t *len)
 {
     struct strbuf b;
@@ -809,6 +1082,10 @@ int main(void)
         cmocka_unit_test(test_parse_forwarded),
         cmocka_unit_test(test_parse_malformed),
         cmocka_unit_test(test_parse_garbage),
+        cmocka_unit_test(test_parse_nul),
+        cmocka_unit_test(test_parse_invalid_content_type),
+        cmocka_unit_test(test_parse_charset_best_effort),
+        cmocka_unit_test(test_parse_text_parts),
         cmocka_unit_test(test_parse_bounds),
         cmocka_unit_test(test_html_text),
     };

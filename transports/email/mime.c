@@ -8,12 +8,16 @@
  * quoted-printable, folding, CRLF output).
  *
  * Parsing bounds its work (input size, nesting depth, references kept)
- * and returns only clean UTF-8 text. It must never write MIME by hand,
- * never trust a charset label to be valid, never recurse without a depth
- * bound, and never log message contents above debug.
+ * and returns only clean UTF-8 text: NUL and other controls dropped,
+ * undecodable bytes as U+FFFD, never text cut short at a NUL or lost to an
+ * unparseable label. It must never write MIME by hand, never trust a
+ * charset label to be valid, never recurse without a depth bound, and
+ * never log message contents above debug.
  */
 #include <ctype.h>
+#include <errno.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -52,17 +56,35 @@ void mime_global_cleanup(void)
 /* ---- text hygiene ---- */
 
 /*
- * Copies s into malloc'd, valid UTF-8: invalid bytes become U+FFFD, CRLF
- * and lone CR become LF, controls other than tab/LF are dropped. With
- * single_line, tab, LF, U+2028 and U+2029 become spaces and runs of spaces
- * collapse, and the result is trimmed. Returned owned (free()).
+ * Copies len bytes of s (which may hold NUL bytes) into malloc'd, valid
+ * UTF-8: invalid bytes become U+FFFD, CRLF and lone CR become LF, NUL and
+ * the other controls except tab/LF are dropped. With single_line, tab, LF,
+ * U+2028 and U+2029 become spaces and runs of spaces collapse, and the
+ * result is trimmed. Returned owned (free()).
  */
 static char *clean_text(const char *s, size_t len, bool single_line)
 {
-    gchar *valid = g_utf8_make_valid(s, (gssize)len);
+    char *no_nul = NULL;
+    gchar *valid;
     struct strbuf b;
-    const char *p = valid;
+    const char *p;
 
+    /* U+0000 is not allowed in XML (so not in XMPP) and would end the C
+     * string early: it goes, like every other C0 control, and the text
+     * after it stays. */
+    if (len && memchr(s, '\0', len)) {
+        size_t n = 0;
+
+        no_nul = xmalloc(len);
+        for (size_t i = 0; i < len; i++)
+            if (s[i] != '\0')
+                no_nul[n++] = s[i];
+        s = no_nul;
+        len = n;
+    }
+    valid = g_utf8_make_valid(s, (gssize)len);
+    free(no_nul);
+    p = valid;
     sb_init(&b);
     while (*p) {
         gunichar c = g_utf8_get_char(p);
@@ -329,12 +351,31 @@ out:
 
 /* ---- parse ---- */
 
+/*
+ * Which inline parts become the text:
+ * - every inline text/plain part without a filename, in order, joined by
+ *   a blank line (Apple Mail's text/image/text, list footers added as a
+ *   part of their own), blank ones skipped;
+ * - a multipart/alternative gives one of its branches: the first whose
+ *   text/plain holds text, else its first text/html made text (a blank
+ *   text/plain beside real HTML is common), in place;
+ * - when all that gives nothing: the first other text/html part, as text;
+ * - when there is none: the first inline text part that carries a
+ *   filename (plain before HTML), which is then not listed as an
+ *   attachment. Thunderbird and Apple Mail show such a part in the body;
+ *   when other text exists it stays an attachment, as Gmail lists it.
+ * A part whose disposition is "attachment" is never the text.
+ */
 struct walk {
-    GMimeObject *plain; /* first inline text/plain */
-    GMimeObject *html;  /* first inline text/html */
-    GPtrArray *atts;    /* struct mail_attachment * */
+    struct strbuf text; /* joined text so far */
+    GMimeObject *html;  /* first unnamed inline text/html not yet used */
+    GMimeObject *named_plain, *named_html; /* first named inline ones */
+    struct mail_attachment *named_plain_att, *named_html_att;
+    GPtrArray *atts; /* struct mail_attachment * */
     bool too_deep;
 };
+
+enum text_kind { KIND_OTHER, KIND_PLAIN, KIND_HTML };
 
 static char *lower_dup(const char *s)
 {
@@ -343,6 +384,105 @@ static char *lower_dup(const char *s)
     for (char *p = d; *p; p++)
         *p = (char)tolower((unsigned char)*p);
     return d;
+}
+
+/* RFC 2045 token characters: no controls, space or tspecials. */
+static bool token_char(char c)
+{
+    return (unsigned char)c > 0x20 && (unsigned char)c < 0x7f &&
+           !strchr("()<>@,;:\\\"/[]?=", c);
+}
+
+/* Skips folding white space and (nested) comments. */
+static const char *skip_cfws(const char *p)
+{
+    int depth = 0;
+
+    for (; *p; p++) {
+        if (depth) {
+            if (*p == '\\' && p[1])
+                p++;
+            else if (*p == '(')
+                depth++;
+            else if (*p == ')')
+                depth--;
+        } else if (*p == '(') {
+            depth++;
+        } else if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n') {
+            break;
+        }
+    }
+    return p;
+}
+
+/*
+ * Reads type "/" subtype at the start of a raw Content-Type value; false
+ * when either is not a token. What follows (parameters) is not judged:
+ * GMime reads those leniently.
+ */
+static bool raw_type(const char *raw, const char **t, size_t *tn,
+                     const char **st, size_t *sn)
+{
+    const char *p = skip_cfws(raw);
+
+    for (*t = p; token_char(*p); p++)
+        ;
+    *tn = (size_t)(p - *t);
+    p = skip_cfws(p);
+    if (*tn == 0 || *p != '/')
+        return false;
+    p = skip_cfws(p + 1);
+    for (*st = p; token_char(*p); p++)
+        ;
+    *sn = (size_t)(p - *st);
+    return *sn > 0;
+}
+
+/*
+ * Whether obj's Content-Type header is there but not syntactically valid.
+ * GMime accepts some invalid ones ("/plain", 8-bit tokens) and reports
+ * others as application/octet-stream, as it does for that type written
+ * out: the raw value decides.
+ */
+static bool type_invalid(GMimeObject *obj, GMimeContentType *ct)
+{
+    GMimeHeaderList *hl = g_mime_object_get_header_list(obj);
+    GMimeHeader *h =
+        hl ? g_mime_header_list_get_header(hl, "Content-Type") : NULL;
+    const char *raw = h ? g_mime_header_get_raw_value(h) : NULL;
+    const char *t, *st;
+    size_t tn, sn;
+
+    if (!h)
+        return false; /* missing: GMime applies the RFC 2045 default */
+    if (!raw || !raw_type(raw, &t, &tn, &st, &sn))
+        return true;
+    /* GMime found it invalid where this check did not: believe GMime */
+    return ct &&
+           g_mime_content_type_is_type(ct, "application", "octet-stream") &&
+           !(tn == 11 && strncasecmp(t, "application", 11) == 0 && sn == 12 &&
+             strncasecmp(st, "octet-stream", 12) == 0);
+}
+
+/*
+ * What a leaf part offers the text. RFC 2045 5.2: a syntactically invalid
+ * Content-Type means "text/plain; charset=us-ascii"; *as_ascii says so,
+ * and that the charset parameter is not to be believed.
+ */
+static enum text_kind part_kind(GMimeObject *obj, bool *as_ascii)
+{
+    GMimeContentType *ct = g_mime_object_get_content_type(obj);
+
+    *as_ascii = false;
+    if (type_invalid(obj, ct)) {
+        *as_ascii = true;
+        return KIND_PLAIN;
+    }
+    if (ct && g_mime_content_type_is_type(ct, "text", "plain"))
+        return KIND_PLAIN;
+    if (ct && g_mime_content_type_is_type(ct, "text", "html"))
+        return KIND_HTML;
+    return KIND_OTHER;
 }
 
 static size_t decoded_size(GMimePart *part)
@@ -373,11 +513,13 @@ static size_t message_size(GMimeMessagePart *mp)
     return n > 0 ? (size_t)n : 0;
 }
 
-static void add_attachment(struct walk *w, const char *name, size_t size,
-                           GMimeContentType *ct)
+/* type overrides ct when not NULL. Returns the entry, owned by w->atts. */
+static struct mail_attachment *add_attachment(struct walk *w, const char *name,
+                                              size_t size, GMimeContentType *ct,
+                                              const char *type)
 {
     struct mail_attachment *a = xcalloc(1, sizeof(*a));
-    char *type = ct ? g_mime_content_type_get_mime_type(ct) : NULL;
+    char *t = !type && ct ? g_mime_content_type_get_mime_type(ct) : NULL;
 
     a->name = clean_text(name, strlen(name), true);
     if (!*a->name) {
@@ -385,9 +527,17 @@ static void add_attachment(struct walk *w, const char *name, size_t size,
         a->name = xstrdup("unnamed");
     }
     a->size = size;
-    a->type = lower_dup(type ? type : "application/octet-stream");
-    g_free(type);
+    a->type = lower_dup(type ? type : t ? t : "application/octet-stream");
+    g_free(t);
     g_ptr_array_add(w->atts, a);
+    return a;
+}
+
+static void attachment_free(struct mail_attachment *a)
+{
+    free(a->name);
+    free(a->type);
+    free(a);
 }
 
 static bool is_signature(GMimeContentType *ct)
@@ -399,7 +549,186 @@ static bool is_signature(GMimeContentType *ct)
                                         "x-pkcs7-signature"));
 }
 
-static void walk(struct walk *w, GMimeObject *obj, int depth)
+static bool charset_in(const char *cs, const char *const *names)
+{
+    for (; *names; names++)
+        if (g_ascii_strcasecmp(cs, *names) == 0)
+            return true;
+    return false;
+}
+
+/*
+ * Converts with cd, every byte iconv refuses becoming one U+FFFD (GMime's
+ * own charset filter drops them silently, so words would lose letters
+ * without a trace).
+ */
+static void convert_lossy(iconv_t cd, const char *in, size_t len,
+                          struct strbuf *b)
+{
+    char buf[4096];
+    char *ip = (char *)(uintptr_t)in; /* iconv's prototype is not const */
+    char *op;
+    size_t il = len, ol;
+
+    iconv(cd, NULL, NULL, NULL, NULL);
+    while (il > 0) {
+        op = buf;
+        ol = sizeof(buf);
+        size_t r = iconv(cd, &ip, &il, &op, &ol);
+        sb_append(b, buf, (size_t)(op - buf));
+        if (r != (size_t)-1)
+            continue;
+        if (errno == E2BIG && op != buf)
+            continue;
+        sb_puts(b, "\xef\xbf\xbd");
+        if (errno == EILSEQ) {
+            ip++;
+            il--;
+            continue;
+        }
+        break; /* EINVAL: the input ends inside a character */
+    }
+    op = buf;
+    ol = sizeof(buf);
+    iconv(cd, NULL, NULL, &op, &ol); /* back to the initial shift state */
+    sb_append(b, buf, (size_t)(op - buf));
+}
+
+/*
+ * len bytes in charset cs (NULL: none given) as UTF-8 that may still hold
+ * NUL and invalid sequences, for clean_text to finish; *out_len is set.
+ * Returned owned (free()).
+ * - UTF-8: as is (clean_text turns each invalid byte into U+FFFD).
+ * - no label or US-ASCII, which mailers put on 8-bit text all the time:
+ *   UTF-8 when the bytes are UTF-8, else windows-1252, the same fallback
+ *   as for raw 8-bit headers.
+ * - a charset iconv knows: converted, refused bytes become U+FFFD.
+ * - a charset nobody knows: as is, so ASCII survives and the rest becomes
+ *   U+FFFD.
+ */
+static char *decode_charset(const char *in, size_t len, const char *cs,
+                            size_t *out_len)
+{
+    static const char *const ascii[] = {
+        "us-ascii",
+        "ascii",
+        "us",
+        "ansi_x3.4-1968",
+        "ansi_x3.4-1986",
+        "csascii",
+        "cp367",
+        "ibm367",
+        "iso646-us",
+        "iso-646-us",
+        "iso-ir-6",
+        "iso_646.irv:1991",
+        NULL,
+    };
+    static const char *const utf8[] = {"utf-8", "utf8", "unicode-1-1-utf-8",
+                                       NULL};
+    struct strbuf b;
+    iconv_t cd;
+
+    sb_init(&b);
+    if (cs && charset_in(cs, utf8)) {
+        sb_append(&b, in, len);
+    } else if (!cs || !*cs || charset_in(cs, ascii)) {
+        bool is_utf8 = true;
+        const char *p = in, *end = in + len, *bad;
+
+        /* NUL is ASCII here: g_utf8_validate_len would stop at it */
+        while (p < end && is_utf8) {
+            is_utf8 = g_utf8_validate_len(p, (gsize)(end - p), &bad);
+            if (!is_utf8 && *bad == '\0') {
+                is_utf8 = true;
+                p = bad + 1;
+            } else {
+                p = end;
+            }
+        }
+        cd = is_utf8 ? (iconv_t)-1 : g_mime_iconv_open("UTF-8", "CP1252");
+        if (cd == (iconv_t)-1) {
+            sb_append(&b, in, len);
+        } else {
+            convert_lossy(cd, in, len, &b);
+            g_mime_iconv_close(cd);
+        }
+    } else if ((cd = g_mime_iconv_open("UTF-8", cs)) != (iconv_t)-1) {
+        convert_lossy(cd, in, len, &b);
+        g_mime_iconv_close(cd);
+    } else {
+        sb_append(&b, in, len);
+    }
+    *out_len = b.len;
+    return sb_steal(&b);
+}
+
+/* A part's text as clean UTF-8, whatever its charset label says. */
+static char *part_text(GMimeObject *obj)
+{
+    GMimePart *part = GMIME_PART(obj);
+    GMimeDataWrapper *w = g_mime_part_get_content(part);
+    GMimeContentType *ct = g_mime_object_get_content_type(obj);
+    GMimeStream *mem;
+    GByteArray *bytes;
+    const char *cs = NULL;
+    bool as_ascii;
+    char *utf8, *res;
+    size_t n;
+
+    if (!w)
+        return xstrdup("");
+    (void)part_kind(obj, &as_ascii);
+    if (!as_ascii && ct)
+        cs = g_mime_content_type_get_parameter(ct, "charset");
+    /* Undo the transfer encoding into memory with its length: the text
+     * may hold NUL bytes, which g_mime_text_part_get_text would cut at.
+     * Decoding never grows the data, and the input is bounded. */
+    mem = g_mime_stream_mem_new();
+    g_mime_data_wrapper_write_to_stream(w, mem);
+    bytes = g_mime_stream_mem_get_byte_array(GMIME_STREAM_MEM(mem));
+    utf8 = decode_charset(bytes->len ? (const char *)bytes->data : "",
+                          bytes->len, cs, &n);
+    g_object_unref(mem);
+    res = clean_text(utf8, n, false);
+    free(utf8);
+    return res;
+}
+
+/* The newline before a boundary belongs to the boundary; trailing
+ * blank lines are noise in a chat message either way. */
+static void trim_end(char *s)
+{
+    size_t n = strlen(s);
+
+    while (n && (s[n - 1] == '\n' || s[n - 1] == ' ' || s[n - 1] == '\t'))
+        s[--n] = '\0';
+}
+
+static char *html_part_text(GMimeObject *obj)
+{
+    char *html = part_text(obj);
+    char *t = html_text_convert(html, strlen(html));
+    char *res = clean_text(t, strlen(t), false);
+
+    free(html);
+    free(t);
+    return res;
+}
+
+/* Adds one part's text, trailing blanks trimmed, unless it is blank. */
+static void append_text(struct walk *w, char *t)
+{
+    trim_end(t);
+    if (str_blank(t))
+        return;
+    if (w->text.len)
+        sb_puts(&w->text, "\n\n");
+    sb_puts(&w->text, t);
+}
+
+/* text_off: inside an alternative branch after the one already chosen. */
+static void walk(struct walk *w, GMimeObject *obj, int depth, bool text_off)
 {
     GMimeContentType *ct;
 
@@ -413,9 +742,30 @@ static void walk(struct walk *w, GMimeObject *obj, int depth)
 
     if (GMIME_IS_MULTIPART(obj)) {
         int n = g_mime_multipart_get_count(GMIME_MULTIPART(obj));
-        for (int i = 0; i < n && !w->too_deep; i++)
+        bool alt =
+            ct && g_mime_content_type_is_type(ct, "multipart", "alternative");
+        bool chosen = false;
+        GMimeObject *outer_html = w->html;
+
+        if (alt)
+            w->html = NULL; /* this group's own HTML branch */
+        for (int i = 0; i < n && !w->too_deep; i++) {
+            size_t before = w->text.len;
+
             walk(w, g_mime_multipart_get_part(GMIME_MULTIPART(obj), i),
-                 depth + 1);
+                 depth + 1, text_off || chosen);
+            /* plain text wins among alternatives, wherever it is */
+            if (alt && w->text.len > before)
+                chosen = true;
+        }
+        if (alt) {
+            if (!chosen && !text_off && w->html && !w->too_deep) {
+                char *t = html_part_text(w->html);
+                append_text(w, t);
+                free(t);
+            }
+            w->html = outer_html;
+        }
         return;
     }
     if (GMIME_IS_MESSAGE_PART(obj)) {
@@ -428,47 +778,45 @@ static void walk(struct walk *w, GMimeObject *obj, int depth)
         if (!name && inner)
             name = g_mime_message_get_subject(inner);
         add_attachment(w, name && *name ? name : "forwarded message",
-                       message_size(mp), ct);
+                       message_size(mp), ct, NULL);
         return;
     }
     if (!GMIME_IS_PART(obj))
         return;
 
+    bool as_ascii;
+    enum text_kind kind = part_kind(obj, &as_ascii);
     const char *disp = g_mime_object_get_disposition(obj);
     const char *filename = g_mime_part_get_filename(GMIME_PART(obj));
     bool attached = disp && strcasecmp(disp, "attachment") == 0;
-    bool plain = ct && g_mime_content_type_is_type(ct, "text", "plain");
-    bool html = ct && g_mime_content_type_is_type(ct, "text", "html");
+    struct mail_attachment *a;
 
-    if (!attached && !filename && GMIME_IS_TEXT_PART(obj) && (plain || html)) {
-        if (plain && !w->plain)
-            w->plain = obj;
-        else if (html && !w->html)
+    if (kind != KIND_OTHER && !attached && !filename) {
+        if (text_off)
+            return; /* the same text as the chosen alternative */
+        if (kind == KIND_PLAIN) {
+            char *t = part_text(obj);
+            append_text(w, t);
+            free(t);
+        } else if (!w->html) {
             w->html = obj;
-        /* later inline text parts are alternatives of the chosen one */
+        }
         return;
     }
     if (is_signature(ct))
         return;
-    add_attachment(w, filename ? filename : "unnamed",
-                   decoded_size(GMIME_PART(obj)), ct);
-}
-
-/* A part's text as UTF-8, whatever its charset label says. */
-static char *part_text(GMimeObject *obj)
-{
-    GMimeTextPart *tp = GMIME_TEXT_PART(obj);
-    char *raw, *res;
-
-    /* GMime converts from the labelled charset; an unknown or missing
-     * label leaves the bytes as they are, and clean_text then replaces
-     * whatever is not UTF-8 with U+FFFD. */
-    raw = g_mime_text_part_get_text(tp);
-    if (!raw)
-        return xstrdup("");
-    res = clean_text(raw, strlen(raw), false);
-    g_free(raw);
-    return res;
+    a = add_attachment(w, filename ? filename : "unnamed",
+                       decoded_size(GMIME_PART(obj)), ct,
+                       as_ascii ? "text/plain" : NULL);
+    if (kind == KIND_OTHER || attached || text_off)
+        return;
+    if (kind == KIND_PLAIN && !w->named_plain) {
+        w->named_plain = obj;
+        w->named_plain_att = a;
+    } else if (kind == KIND_HTML && !w->named_html) {
+        w->named_html = obj;
+        w->named_html_att = a;
+    }
 }
 
 static char *single_line_or_null(const char *s)
@@ -566,6 +914,49 @@ static void parse_ids(GMimeMessage *m, GMimeParserOptions *po,
     }
 }
 
+/* Drops a, which walk listed, because its part became the text. */
+static void unlist(struct walk *w, struct mail_attachment *a)
+{
+    if (g_ptr_array_remove(w->atts, a))
+        attachment_free(a);
+}
+
+/* Length of the top-level header section, up to its blank line. */
+static size_t header_section_len(const char *d, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (d[i] != '\n')
+            continue;
+        if (i + 1 < len &&
+            (d[i + 1] == '\n' ||
+             (d[i + 1] == '\r' && i + 2 < len && d[i + 2] == '\n')))
+            return i + 1;
+    }
+    return len;
+}
+
+/* The text as struct walk's comment describes it. Returned owned. */
+static char *body_text(struct walk *w)
+{
+    char *t;
+
+    if (w->text.len)
+        return sb_steal(&w->text);
+    if (w->html) {
+        t = html_part_text(w->html);
+    } else if (w->named_plain) {
+        t = part_text(w->named_plain);
+        unlist(w, w->named_plain_att);
+    } else if (w->named_html) {
+        t = html_part_text(w->named_html);
+        unlist(w, w->named_html_att);
+    } else {
+        t = xstrdup("");
+    }
+    trim_end(t);
+    return t;
+}
+
 int mime_parse(const char *data, size_t len, struct mail_parsed *out,
                struct error *err)
 {
@@ -574,7 +965,7 @@ int mime_parse(const char *data, size_t len, struct mail_parsed *out,
     GMimeStream *stream = NULL;
     GMimeParser *parser = NULL;
     GMimeMessage *m = NULL;
-    struct walk w = {.plain = NULL};
+    struct walk w = {.html = NULL};
     int rc = -1;
 
     memset(out, 0, sizeof(*out));
@@ -601,8 +992,20 @@ int mime_parse(const char *data, size_t len, struct mail_parsed *out,
      * Latin charset senders meant. */
     g_mime_parser_options_set_fallback_charsets(po, fallback);
 
-    /* One copy of the input; bounded by MIME_MAX_INPUT above. */
-    stream = g_mime_stream_mem_new_with_buffer(data, len);
+    /* One copy of the input; bounded by MIME_MAX_INPUT above. GMime keeps
+     * header values as C strings, so a NUL would cut a From or Subject
+     * short: in the message's own header section it becomes a space, as
+     * other controls in single-line fields do. */
+    {
+        GByteArray *copy = g_byte_array_sized_new((guint)len);
+        size_t hl = header_section_len(data, len);
+
+        g_byte_array_append(copy, (const guint8 *)data, (guint)len);
+        for (size_t i = 0; i < hl; i++)
+            if (copy->data[i] == '\0')
+                copy->data[i] = ' ';
+        stream = g_mime_stream_mem_new_with_byte_array(copy);
+    }
     parser = g_mime_parser_new_with_stream(stream);
     g_mime_parser_set_format(parser, GMIME_FORMAT_MESSAGE);
     m = g_mime_parser_construct_message(parser, po);
@@ -612,15 +1015,12 @@ int mime_parse(const char *data, size_t len, struct mail_parsed *out,
         goto out;
     }
 
+    sb_init(&w.text);
     w.atts = g_ptr_array_new();
-    walk(&w, g_mime_message_get_mime_part(m), 0);
+    walk(&w, g_mime_message_get_mime_part(m), 0, false);
     if (w.too_deep) {
-        for (guint i = 0; i < w.atts->len; i++) {
-            struct mail_attachment *a = w.atts->pdata[i];
-            free(a->name);
-            free(a->type);
-            free(a);
-        }
+        for (guint i = 0; i < w.atts->len; i++)
+            attachment_free(w.atts->pdata[i]);
         error_set(err, COND_POLICY_VIOLATION, false,
                   "mime: MIME nesting deeper than %d", MIME_MAX_DEPTH);
         goto out;
@@ -630,25 +1030,7 @@ int mime_parse(const char *data, size_t len, struct mail_parsed *out,
     out->subject = single_line_or_null(g_mime_message_get_subject(m));
     parse_ids(m, po, out);
 
-    if (w.plain) {
-        out->text = part_text(w.plain);
-    } else if (w.html) {
-        char *html = part_text(w.html);
-        char *t = html_text_convert(html, strlen(html));
-        free(html);
-        out->text = clean_text(t, strlen(t), false);
-        free(t);
-    } else {
-        out->text = xstrdup("");
-    }
-    /* The newline before a boundary belongs to the boundary; trailing
-     * blank lines are noise in a chat message either way. */
-    {
-        size_t n = strlen(out->text);
-        while (n && (out->text[n - 1] == '\n' || out->text[n - 1] == ' ' ||
-                     out->text[n - 1] == '\t'))
-            out->text[--n] = '\0';
-    }
+    out->text = body_text(&w);
 
     if (w.atts->len) {
         out->attachments = xcalloc(w.atts->len, sizeof(*out->attachments));
@@ -662,6 +1044,7 @@ int mime_parse(const char *data, size_t len, struct mail_parsed *out,
     rc = 0;
 
 out:
+    sb_free(&w.text);
     if (w.atts)
         g_ptr_array_free(w.atts, TRUE);
     if (m)

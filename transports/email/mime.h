@@ -67,7 +67,8 @@ struct mail_parsed {
                           or unusable */
     char *from_name;   /* display name or NULL */
     char *subject;     /* decoded UTF-8, NULL if absent or blank */
-    char *text;        /* text/plain part, else text from the HTML part;
+    char *text;        /* the inline text/plain parts joined, else text
+                          from the HTML part (see mime.c for the rules);
                           "" when there is neither; LF line ends */
     char *message_id;  /* without <> or NULL */
     char *in_reply_to; /* first id without <> or NULL */
@@ -81,7 +82,11 @@ struct mail_parsed {
  * Parses len bytes (CRLF or LF). Fills *out (free with mime_parsed_free,
  * also safe after a failure). -1 with err (permanent) for inputs above
  * MIME_MAX_INPUT, nesting above MIME_MAX_DEPTH, or bytes that are not a
- * message at all. Malformed MIME otherwise parses as well as it can.
+ * message at all. Malformed MIME otherwise parses as well as it can:
+ * NUL bytes are dropped from text (XMPP cannot carry U+0000; in the
+ * header section they become spaces), a part with a syntactically invalid
+ * Content-Type is text/plain (RFC 2045 5.2), bytes that are not valid in
+ * the labelled charset become U+FFFD, unknown charsets keep their ASCII.
  */
 int mime_parse(const char *data, size_t len, struct mail_parsed *out,
                struct error *err);
