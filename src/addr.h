@@ -13,8 +13,8 @@
 
 #include "util.h"
 
-#define JID_MAX 3072    /* 3 x 1023 + separators, RFC 7622 */
-#define E164_MAX 16     /* '+' and 15 digits */
+#define JID_MAX 3072 /* 3 x 1023 + separators, RFC 7622 */
+#define E164_MAX 16  /* '+' and 15 digits */
 #define EMAIL_MAX 254
 
 /* Parts of a JID, each NUL-terminated, "" when absent. */

@@ -38,10 +38,9 @@ void component_global_cleanup(void);
  * each connect. Copies everything it keeps.
  */
 struct component *component_new(struct event_base *base, const char *host,
-                                 int port, const char *jid,
-                                 const char *secret,
-                                 const struct component_cbs *cbs,
-                                 struct error *err);
+                                int port, const char *jid, const char *secret,
+                                const struct component_cbs *cbs,
+                                struct error *err);
 /* Starts connecting; reconnects for ever with backoff. */
 void component_start(struct component *c);
 bool component_up(const struct component *c);

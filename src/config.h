@@ -21,35 +21,35 @@ bool strlist_contains(const struct strlist *l, const char *s);
 bool strlist_contains_ci(const struct strlist *l, const char *s);
 
 struct limits_conf {
-    unsigned per_user_per_minute;   /* 0 = unlimited; default 30 */
-    unsigned per_user_per_day;      /* 0 = unlimited; default 500 */
-    unsigned max_segments;          /* 0 = unlimited; default 10 */
+    unsigned per_user_per_minute;     /* 0 = unlimited; default 30 */
+    unsigned per_user_per_day;        /* 0 = unlimited; default 500 */
+    unsigned max_segments;            /* 0 = unlimited; default 10 */
     struct strlist allowed_countries; /* "+1", "+44"; empty = any */
 };
 
 struct provider_conf {
-    char *name;         /* sandbox | twilio | telnyx | vonage */
-    char *api_url;      /* default per provider */
-    char *account_sid;  /* twilio */
-    char *auth_token;   /* twilio (secret; or auth_token_file) */
-    char *api_key;      /* telnyx, vonage (secret; or api_key_file) */
-    char *api_secret;   /* vonage (secret; or api_secret_file) */
-    char *public_key;   /* telnyx webhook ed25519 key, base64 */
-    char *signature_secret; /* vonage (secret; or signature_secret_file) */
+    char *name;                 /* sandbox | twilio | telnyx | vonage */
+    char *api_url;              /* default per provider */
+    char *account_sid;          /* twilio */
+    char *auth_token;           /* twilio (secret; or auth_token_file) */
+    char *api_key;              /* telnyx, vonage (secret; or api_key_file) */
+    char *api_secret;           /* vonage (secret; or api_secret_file) */
+    char *public_key;           /* telnyx webhook ed25519 key, base64 */
+    char *signature_secret;     /* vonage (secret; or signature_secret_file) */
     char *messaging_profile_id; /* telnyx, optional */
-    char *outbox_file;  /* sandbox: JSON lines of outbound SMS, optional */
-    double timeout;     /* seconds, default 15 */
+    char *outbox_file; /* sandbox: JSON lines of outbound SMS, optional */
+    double timeout;    /* seconds, default 15 */
     unsigned max_connections; /* per host, default 8 */
 };
 
 struct smtp_conf {
-    char *host;         /* default 127.0.0.1 */
-    int port;           /* default 587 */
-    char *starttls;     /* required | optional | off; default required */
-    char *user;         /* default "" (no AUTH) */
-    char *password;     /* secret; or password_file */
-    unsigned timeout;   /* seconds, default 30 */
-    unsigned workers;   /* default 2 */
+    char *host;       /* default 127.0.0.1 */
+    int port;         /* default 587 */
+    char *starttls;   /* required | optional | off; default required */
+    char *user;       /* default "" (no AUTH) */
+    char *password;   /* secret; or password_file */
+    unsigned timeout; /* seconds, default 30 */
+    unsigned workers; /* default 2 */
 };
 
 struct lmtp_conf {
@@ -60,20 +60,20 @@ struct lmtp_conf {
 enum transport_kind { TRANSPORT_SMS, TRANSPORT_EMAIL };
 
 struct gateway_conf {
-    int line;                 /* line of this entry in the file */
-    char *transport;          /* "sms" | "email" */
+    int line;        /* line of this entry in the file */
+    char *transport; /* "sms" | "email" */
     enum transport_kind kind;
-    char *jid;                /* component JID, lower-case */
-    char *secret;             /* XEP-0114 secret (or secret_file) */
+    char *jid;                      /* component JID, lower-case */
+    char *secret;                   /* XEP-0114 secret (or secret_file) */
     struct strlist allowed_domains; /* required, non-empty */
     /* sms */
-    struct strlist numbers;   /* E.164 numbers users may claim */
+    struct strlist numbers;     /* E.164 numbers users may claim */
     char *default_country_code; /* for human-typed numbers; default "1" */
     struct provider_conf provider;
     struct limits_conf limits;
     /* email */
     char *mail_domain;
-    char *default_subject;    /* default "" (no Subject text) */
+    char *default_subject; /* default "" (no Subject text) */
     struct smtp_conf smtp;
     struct lmtp_conf lmtp;
 };
@@ -81,27 +81,27 @@ struct gateway_conf {
 struct config {
     char *path;
     struct {
-        int level;     /* enum log_level, default info */
-        bool json;     /* format = "json" */
-        char *file;    /* default "" = stderr */
+        int level;  /* enum log_level, default info */
+        bool json;  /* format = "json" */
+        char *file; /* default "" = stderr */
     } log;
     struct {
-        char *url;     /* default redis://127.0.0.1:6379/0 */
-        char *prefix;  /* default "postern" */
+        char *url;           /* default redis://127.0.0.1:6379/0 */
+        char *prefix;        /* default "postern" */
         unsigned timeout_ms; /* per command, default 2000 */
     } redis;
     struct {
-        char *listen;  /* default 127.0.0.1:8080; "" disables */
+        char *listen;     /* default 127.0.0.1:8080; "" disables */
         char *public_url; /* default "" (required for real providers) */
         size_t max_body;  /* default 65536 */
         unsigned timeout; /* seconds, default 10 */
     } http;
     struct {
-        char *host;    /* default 127.0.0.1 */
-        int port;      /* default 5347 */
+        char *host; /* default 127.0.0.1 */
+        int port;   /* default 5347 */
     } xmpp;
     struct {
-        unsigned max_age;      /* seconds a message may retry, default 86400 */
+        unsigned max_age;       /* seconds a message may retry, default 86400 */
         unsigned retry_base_ms; /* default 1000 */
         unsigned retry_cap_ms;  /* default 300000 */
     } queue;

@@ -34,24 +34,24 @@ struct http_header {
 };
 
 struct http_req_spec {
-    const char *method;   /* "GET", "POST", ... */
+    const char *method; /* "GET", "POST", ... */
     const char *url;
     const struct http_header *headers; /* extra request headers */
     size_t n_headers;
-    const char *body;     /* may be NULL */
+    const char *body; /* may be NULL */
     size_t body_len;
-    const char *userpwd;  /* "user:password" for Basic auth, or NULL */
-    unsigned timeout_ms;  /* 0 = the client's total timeout */
+    const char *userpwd; /* "user:password" for Basic auth, or NULL */
+    unsigned timeout_ms; /* 0 = the client's total timeout */
 };
 
 /* Borrowed for the duration of the callback. */
 struct http_response {
-    int status;              /* HTTP status, 0 when no response */
-    const char *body;        /* NUL-terminated, never NULL */
+    int status;       /* HTTP status, 0 when no response */
+    const char *body; /* NUL-terminated, never NULL */
     size_t body_len;
-    const char *retry_after; /* Retry-After header value or NULL */
+    const char *retry_after;  /* Retry-After header value or NULL */
     const char *content_type; /* or NULL */
-    double total_s;          /* time the request took */
+    double total_s;           /* time the request took */
 };
 
 /*

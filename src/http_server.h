@@ -22,9 +22,9 @@ struct http_request;
 typedef void http_handler_fn(struct http_request *req, void *arg);
 
 /* listen: "host:port" or "[v6]:port". NULL with err on failure. */
-struct http_server *http_server_new(struct event_base *base,
-                                    const char *listen, size_t max_body,
-                                    unsigned timeout_s, struct error *err);
+struct http_server *http_server_new(struct event_base *base, const char *listen,
+                                    size_t max_body, unsigned timeout_s,
+                                    struct error *err);
 void http_server_free(struct http_server *srv);
 /* The bound port (useful with port 0). */
 int http_server_port(const struct http_server *srv);

@@ -143,7 +143,8 @@ void log_write(int level, const char *module, const char *fmt, ...)
     gettimeofday(&tv, NULL);
     gmtime_r(&tv.tv_sec, &tm);
     n = (int)strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(ts + n, sizeof(ts) - (size_t)n, ".%03dZ", (int)(tv.tv_usec / 1000));
+    snprintf(ts + n, sizeof(ts) - (size_t)n, ".%03dZ",
+             (int)(tv.tv_usec / 1000));
 
     if (g_json) {
         char emod[128], emsg[3000];

@@ -13,11 +13,11 @@
 #include "util.h"
 
 enum log_level { /* syslog numbering */
-    L_ERR = 3,
-    L_WARNING = 4,
-    L_NOTICE = 5,
-    L_INFO = 6,
-    L_DEBUG = 7,
+                 L_ERR = 3,
+                 L_WARNING = 4,
+                 L_NOTICE = 5,
+                 L_INFO = 6,
+                 L_DEBUG = 7,
 };
 
 /* "error", "warning", "notice", "info", "debug" -> level; -1 if unknown. */

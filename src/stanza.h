@@ -49,14 +49,14 @@ struct xnode *stanza_error_to(const char *name, const char *from,
 /* <iq type='result'> reply to an iq (from/to swapped, id kept). Owned. */
 struct xnode *stanza_iq_result(const struct xnode *iq);
 /* <message type=type from to><body>text</body></message>. Owned. */
-struct xnode *stanza_message(const char *from, const char *to,
-                             const char *type, const char *body);
+struct xnode *stanza_message(const char *from, const char *to, const char *type,
+                             const char *body);
 /* A fresh stanza id ("pst-" + 16 hex). */
 void stanza_new_id(char out[24]);
 
 /* XEP-0115 ver for a disco#info identity + features (sha-1, base64). */
-void stanza_caps_ver(const char *category, const char *type,
-                     const char *name, const char *const *features,
-                     size_t n_features, char *out, size_t size);
+void stanza_caps_ver(const char *category, const char *type, const char *name,
+                     const char *const *features, size_t n_features, char *out,
+                     size_t size);
 
 #endif

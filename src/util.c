@@ -15,8 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
-void error_set(struct error *e, int code, bool temporary, const char *fmt,
-               ...)
+void error_set(struct error *e, int code, bool temporary, const char *fmt, ...)
 {
     va_list ap;
 

@@ -61,8 +61,8 @@ struct error {
     unsigned retry_after_s;
 };
 
-void error_set(struct error *e, int code, bool temporary, const char *fmt,
-               ...) PRINTF_LIKE(4, 5);
+void error_set(struct error *e, int code, bool temporary, const char *fmt, ...)
+    PRINTF_LIKE(4, 5);
 void error_clear(struct error *e);
 
 /* Abort on OOM; never return NULL. */

@@ -18,8 +18,8 @@ struct xnode *xnode_new(const char *name)
 
 void xnode_append(struct xnode *parent, struct xnode *child)
 {
-    parent->kids = xrealloc(parent->kids,
-                            (parent->nkids + 1) * sizeof(*parent->kids));
+    parent->kids =
+        xrealloc(parent->kids, (parent->nkids + 1) * sizeof(*parent->kids));
     parent->kids[parent->nkids++] = child;
     child->parent = parent;
 }
@@ -180,8 +180,8 @@ static size_t utf8_len(const unsigned char *s)
             return 0;
         cp = (cp << 6) | (s[i] & 0x3f);
     }
-    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 ||
-                                                  cp > 0x10ffff)))
+    if ((len == 3 && cp < 0x800) ||
+        (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
         return 0;
     if (cp >= 0xd800 && cp <= 0xdfff)
         return 0;

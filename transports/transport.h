@@ -40,9 +40,9 @@ struct transport;
 
 /* A provider's report on a message it accepted earlier. */
 enum delivery_state {
-    DELIVERY_SENT,        /* handed to the carrier: nothing to tell */
-    DELIVERY_DELIVERED,   /* -> XEP-0184 <received/> */
-    DELIVERY_FAILED,      /* undelivered/failed -> error stanza */
+    DELIVERY_SENT,      /* handed to the carrier: nothing to tell */
+    DELIVERY_DELIVERED, /* -> XEP-0184 <received/> */
+    DELIVERY_FAILED,    /* undelivered/failed -> error stanza */
 };
 
 /* Services the core lends every transport instance (all borrowed). */
@@ -50,7 +50,7 @@ struct transport_host {
     struct event_base *base;
     struct store *store;
     struct queue *queue;
-    struct http_server *http;   /* NULL when http.listen is "" */
+    struct http_server *http;        /* NULL when http.listen is "" */
     struct http_client *http_client; /* NULL in tests without HTTP */
     const struct config *config;
     /*
@@ -84,7 +84,7 @@ struct msg {
     const char *thread;    /* may be NULL */
     const char *media[MSG_MAX_MEDIA];
     size_t n_media;
-    bool receipt;          /* XEP-0184 requested */
+    bool receipt; /* XEP-0184 requested */
 };
 
 /*
@@ -99,16 +99,16 @@ typedef void send_done_fn(void *arg, const struct error *err,
 struct transport;
 
 struct transport_ops {
-    unsigned abi;             /* TRANSPORT_ABI */
-    const char *name;         /* "sms", "email" */
-    unsigned caps;            /* enum transport_caps */
-    size_t priv_size;         /* core allocates t->priv, zeroed */
-    const char *identity_type; /* disco gateway type: "sms", "smtp" */
-    const char *contact_type;  /* disco type of contact JIDs: "sms", ... */
-    const char *reg_field;     /* XEP-0077 legacy field: "phone", "email" */
-    const char *reg_label;     /* form label */
-    const char *instructions;  /* XEP-0077 instructions */
-    const char *gateway_desc;  /* jabber:iq:gateway <desc/> */
+    unsigned abi;               /* TRANSPORT_ABI */
+    const char *name;           /* "sms", "email" */
+    unsigned caps;              /* enum transport_caps */
+    size_t priv_size;           /* core allocates t->priv, zeroed */
+    const char *identity_type;  /* disco gateway type: "sms", "smtp" */
+    const char *contact_type;   /* disco type of contact JIDs: "sms", ... */
+    const char *reg_field;      /* XEP-0077 legacy field: "phone", "email" */
+    const char *reg_label;      /* form label */
+    const char *instructions;   /* XEP-0077 instructions */
+    const char *gateway_desc;   /* jabber:iq:gateway <desc/> */
     const char *gateway_prompt; /* jabber:iq:gateway <prompt/> */
 
     /* Checks t->conf beyond what config.c checked; sets up priv. */
@@ -119,8 +119,8 @@ struct transport_ops {
     int (*addr_parse)(const struct transport *t, const char *node, char *out,
                       size_t size, struct error *err);
     /* Address -> contact JID node (pure). */
-    int (*addr_to_node)(const struct transport *t, const char *addr,
-                        char *out, size_t size);
+    int (*addr_to_node)(const struct transport *t, const char *addr, char *out,
+                        size_t size);
     /* jabber:iq:gateway: human-typed -> address. COND_NOT_ACCEPTABLE. */
     int (*addr_from_human)(const struct transport *t, const char *typed,
                            char *out, size_t size, struct error *err);
@@ -148,10 +148,10 @@ struct transport_ops {
 
 struct transport {
     const struct transport_ops *ops;
-    struct gateway_conf *conf;       /* borrowed, owned by the config */
+    struct gateway_conf *conf; /* borrowed, owned by the config */
     const struct transport_host *host;
     void *priv;
-    char module[300];                /* log prefix: "sms[sms.example.org]" */
+    char module[300]; /* log prefix: "sms[sms.example.org]" */
 };
 
 /* Static registry lookup; NULL when unknown. */

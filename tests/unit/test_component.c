@@ -34,9 +34,9 @@ struct fake {
     struct evconnlistener *lis;
     struct bufferevent *bev;
     int port;
-    bool reject;          /* answer the handshake with not-authorized */
+    bool reject; /* answer the handshake with not-authorized */
     int connections;
-    struct strbuf got;    /* everything the component sent */
+    struct strbuf got; /* everything the component sent */
     bool header_sent, hs_done, closed_by_peer;
 };
 
@@ -133,9 +133,9 @@ static void fake_start(struct fake *f, struct event_base *base)
     memset(&sin, 0, sizeof(sin));
     sin.sin_family = AF_INET;
     sin.sin_addr.s_addr = htonl(0x7f000001);
-    f->lis = evconnlistener_new_bind(
-        base, fake_accept, f, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 16,
-        (struct sockaddr *)&sin, sizeof(sin));
+    f->lis = evconnlistener_new_bind(base, fake_accept, f,
+                                     LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE,
+                                     16, (struct sockaddr *)&sin, sizeof(sin));
     assert_non_null(f->lis);
     getsockname(evconnlistener_get_fd(f->lis), (struct sockaddr *)&sin, &sl);
     f->port = ntohs(sin.sin_port);
@@ -177,8 +177,7 @@ static bool run_until(struct event_base *base, const bool *flag, unsigned ms)
 {
     uint64_t end = now_ms() + ms;
     while (!*flag && now_ms() < end)
-        event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK),
-            usleep(1000);
+        event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK), usleep(1000);
     return *flag;
 }
 
@@ -209,7 +208,8 @@ static void handshake_stanza_send_close(void)
     assert_string_equal(cl.body, "hello & bye");
     assert_true(component_up(c));
     /* the digest for id 3BF96D32 and secret "test" (XEP-0114 example) */
-    assert_non_null(strstr(f.got.s, "aaee83c26aeeafcbabeabfcbcd50df997e0a2a1e"));
+    assert_non_null(
+        strstr(f.got.s, "aaee83c26aeeafcbabeabfcbcd50df997e0a2a1e"));
 
     struct xnode *m = xnode_new("message");
     xnode_set_attr(m, "from", "+15551234567@sms.test");
@@ -319,8 +319,7 @@ int main(void)
         cmocka_unit_test(test_high_fd),
     };
     struct error err;
-    log_init(getenv("POSTERN_TEST_DEBUG") ? L_DEBUG : L_ERR, false, NULL,
-             &err);
+    log_init(getenv("POSTERN_TEST_DEBUG") ? L_DEBUG : L_ERR, false, NULL, &err);
     component_global_init(2);
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     component_global_cleanup();

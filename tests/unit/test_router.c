@@ -1175,7 +1175,8 @@ static void test_receipts(void **state)
 
     /* delivered + receipt requested: <received id='r0'/> to the sender */
     router_on_delivery(router, "SM0", DELIVERY_SENT, NULL, delivery_done, NULL);
-    router_on_delivery(router, "SM0", DELIVERY_DELIVERED, NULL, delivery_done, NULL);
+    router_on_delivery(router, "SM0", DELIVERY_DELIVERED, NULL, delivery_done,
+                       NULL);
     wait_count(&n_out, 1);
     assert_string_equal(out[0]->name, "message");
     assert_attr(out[0], "from", CONTACT);
@@ -1190,10 +1191,13 @@ static void test_receipts(void **state)
     assert_int_equal(n_ddone_err, 0);
 
     /* the provider repeats itself: still one receipt */
-    router_on_delivery(router, "SM0", DELIVERY_DELIVERED, NULL, delivery_done, NULL);
+    router_on_delivery(router, "SM0", DELIVERY_DELIVERED, NULL, delivery_done,
+                       NULL);
     /* delivered without a receipt request, unknown ids: nothing */
-    router_on_delivery(router, "SM1", DELIVERY_DELIVERED, NULL, delivery_done, NULL);
-    router_on_delivery(router, "SM99", DELIVERY_FAILED, NULL, delivery_done, NULL);
+    router_on_delivery(router, "SM1", DELIVERY_DELIVERED, NULL, delivery_done,
+                       NULL);
+    router_on_delivery(router, "SM99", DELIVERY_FAILED, NULL, delivery_done,
+                       NULL);
     run_for(500);
     assert_int_equal(n_out, 1);
     assert_int_equal(n_ddone, 5);
@@ -1203,7 +1207,8 @@ static void test_receipts(void **state)
      * while the stream is down (it waits in the queue) */
     sink_up = false;
     error_set(&err, COND_NONE, false, "carrier rejected the message");
-    router_on_delivery(router, "SM2", DELIVERY_FAILED, &err, delivery_done, NULL);
+    router_on_delivery(router, "SM2", DELIVERY_FAILED, &err, delivery_done,
+                       NULL);
     run_for(500);
     assert_int_equal(n_out, 1);
     sink_up = true;
@@ -1223,7 +1228,8 @@ static void test_receipts(void **state)
     xnode_add(xnode_add_ns(iq, "query", NS_REGISTER), "remove");
     feed(iq);
     size_t before = n_out;
-    router_on_delivery(router, "SM3", DELIVERY_DELIVERED, NULL, delivery_done, NULL);
+    router_on_delivery(router, "SM3", DELIVERY_DELIVERED, NULL, delivery_done,
+                       NULL);
     run_for(500);
     for (size_t i = before; i < n_out; i++)
         assert_null(xnode_child(out[i], "received", NS_RECEIPTS));

@@ -58,8 +58,7 @@ static void test_spec_table(void **state)
      * refused by policy for good (too many segments): modify. */
     assert_string_equal(stanza_cond_name(COND_POLICY_VIOLATION),
                         "policy-violation");
-    assert_string_equal(stanza_error_type(COND_POLICY_VIOLATION, true),
-                        "wait");
+    assert_string_equal(stanza_error_type(COND_POLICY_VIOLATION, true), "wait");
     assert_string_equal(stanza_error_type(COND_POLICY_VIOLATION, false),
                         "modify");
     /* Unknown IQ namespace: service-unavailable (cancel). */
