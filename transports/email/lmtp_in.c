@@ -37,6 +37,7 @@
 #include <event2/listener.h>
 
 #include "lmtp_in.h"
+#include "netaddr.h"
 #include "log.h"
 #include "util.h"
 
@@ -893,55 +894,6 @@ static void accept_error_cb(struct evconnlistener *lis, void *arg)
     log_warn(MOD, "accept failed: %s", strerror(errno));
 }
 
-/* ---- server ---- */
-
-static int resolve_listen(const char *listen, struct sockaddr_storage *ss,
-                          socklen_t *sslen)
-{
-    struct addrinfo hints = {0}, *res = NULL;
-    char host[256];
-    const char *port, *h = host;
-    size_t hlen;
-
-    if (!listen)
-        return -1;
-    if (listen[0] == '[') {
-        const char *close = strchr(listen, ']');
-        if (!close || close[1] != ':')
-            return -1;
-        hlen = (size_t)(close - listen - 1);
-        if (hlen == 0 || hlen >= sizeof(host))
-            return -1;
-        memcpy(host, listen + 1, hlen);
-        port = close + 2;
-    } else {
-        const char *colon = strrchr(listen, ':');
-        if (!colon || strchr(listen, ':') != colon)
-            return -1;
-        hlen = (size_t)(colon - listen);
-        if (hlen == 0 || hlen >= sizeof(host))
-            return -1;
-        memcpy(host, listen, hlen);
-        port = colon + 1;
-    }
-    host[hlen] = '\0';
-    if (!*port || strspn(port, "0123456789") != strlen(port) ||
-        atol(port) > 65535)
-        return -1;
-    if (strcmp(host, "localhost") == 0)
-        h = "127.0.0.1";
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    /* numeric only: a name lookup would block the loop */
-    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE;
-    if (getaddrinfo(h, port, &hints, &res) != 0 || !res)
-        return -1;
-    memcpy(ss, res->ai_addr, res->ai_addrlen);
-    *sslen = res->ai_addrlen;
-    freeaddrinfo(res);
-    return 0;
-}
-
 static bool hostname_ok(const char *h)
 {
     if (!h || !*h || strlen(h) > 253)
@@ -979,7 +931,7 @@ struct lmtp_server *lmtp_server_new(struct event_base *base, const char *listen,
                   "lmtp: hostname must be printable ASCII without spaces");
         return NULL;
     }
-    if (resolve_listen(listen, &ss, &sslen) != 0) {
+    if (netaddr_parse_listen(listen, &ss, &sslen) != 0) {
         error_set(err, COND_INTERNAL_SERVER_ERROR, false,
                   "lmtp: bad listen address \"%.60s\" (want host:port or "
                   "[v6]:port with a numeric host)",
