@@ -469,6 +469,72 @@ static void test_compose_injection_text(void **state)
     }
 }
 
+/* Removes every U+2060 WORD JOINER from s, in place. */
+static void drop_word_joiners(char *s)
+{
+    char *w = s;
+
+    for (const char *r = s; *r;) {
+        if (strncmp(r, "\xe2\x81\xa0", 3) == 0) {
+            r += 3;
+            continue;
+        }
+        *w++ = *r++;
+    }
+    *w = '\0';
+}
+
+/*
+ * Words that look like the start of an RFC 2047 word ("=?8?q?") before a
+ * long non-ASCII run: GMime 3.2.13 left them unencoded and then folded the
+ * header mid-line, giving a line that is neither a header nor a fold
+ * (found by fuzz_mime_parse). They now go out encoded and come back.
+ */
+static void test_compose_encoded_word_lookalike(void **state)
+{
+    static const char *const prefixes[] = {
+        "=?8?q? ", "=?utf-8?q?x?= ", "a =?b?B? c ", "=?"};
+    (void)state;
+
+    for (size_t i = 0; i < ARRAY_SIZE(prefixes); i++) {
+        for (int n = 20; n <= 60; n += 4) {
+            for (int field = 0; field < 2; field++) {
+                struct mail_compose c = base_compose;
+                struct mail_parsed p;
+                struct error err;
+                struct strbuf text;
+                size_t len;
+                char *id, *msg, *hdrs, *got;
+
+                sb_init(&text);
+                sb_puts(&text, prefixes[i]);
+                for (int k = 0; k < n; k++)
+                    sb_puts(&text, "ö");
+                sb_puts(&text, "ab");
+                if (field == 0)
+                    c.subject = text.s;
+                else
+                    c.from_name = text.s;
+                msg = compose_ok(&c, &len, &id);
+                assert_crlf_lines(msg, len, 998);
+                hdrs = headers_of(msg);
+                assert_only_expected_headers(hdrs);
+                assert_int_equal(mime_parse(msg, len, &p, &err), 0);
+                got = field == 0 ? p.subject : p.from_name;
+                assert_non_null(got);
+                drop_word_joiners(got);
+                assert_string_equal(got, text.s);
+                assert_string_equal(p.from_addr, "alice@mail.example.org");
+                mime_parsed_free(&p);
+                free(hdrs);
+                free(msg);
+                free(id);
+                sb_free(&text);
+            }
+        }
+    }
+}
+
 /* Addresses and ids cannot be repaired: they are refused. */
 static void test_compose_injection_refused(void **state)
 {
@@ -875,6 +941,43 @@ static void test_parse_charset_best_effort(void **state)
     mime_parsed_free(&m);
 }
 
+/* Adjacent B words where one ends in padding: GMime 3.2.13 alone loses
+ * every word after it (GMime issue #133). */
+static void test_parse_padded_b_words(void **state)
+{
+    struct mail_parsed m;
+    (void)state;
+
+    PARSE_LIT("From: =?UTF-8?B?SsO2?= =?UTF-8?B?aG4=?= <j@example.net>\r\n"
+              "Subject: =?UTF-8?B?SGVsbG8=?= =?UTF-8?B?IHdvcmxk?=\r\n"
+              " =?UTF-8?b?IMO2w7Y=?=\r\n =?UTF-8?B?w7Zhaw==?= tail\r\n"
+              "MIME-Version: 1.0\r\n"
+              "Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+              "--b\r\nContent-Type: text/plain\r\n\r\nbody\r\n"
+              "--b\r\nContent-Type: application/pdf\r\n"
+              "Content-Disposition: attachment;\r\n"
+              " filename=\"=?UTF-8?B?csOp?= =?UTF-8?B?c3Vtw6k=?= "
+              "=?UTF-8?B?LnBkZg==?=\"\r\n\r\n%PDF\r\n"
+              "--b\r\nContent-Type: message/rfc822\r\n\r\n"
+              "Subject: =?UTF-8?B?Zm8=?= =?UTF-8?B?bw==?=\r\n\r\nhi\r\n"
+              "--b--\r\n",
+              &m);
+    assert_string_equal(m.from_addr, "j@example.net");
+    assert_string_equal(m.from_name, "Jöhn");
+    assert_string_equal(m.subject, "Hello world öööak tail");
+    assert_string_equal(m.text, "body");
+    assert_int_equal(m.n_attachments, 2);
+    assert_string_equal(m.attachments[0].name, "résumé.pdf");
+    assert_string_equal(m.attachments[1].name, "foo");
+    mime_parsed_free(&m);
+
+    /* "=?" that is not a B word, and broken B words, stay as they were */
+    PARSE_LIT("Subject: a =? b =?x?B?= =?UTF-8?B?!!=?= c\r\n\r\nx\r\n", &m);
+    assert_non_null(m.subject);
+    assert_non_null(strstr(m.subject, "a =? b"));
+    mime_parsed_free(&m);
+}
+
 /* Several inline text parts, named inline text parts, alternatives. */
 static void test_parse_text_parts(void **state)
 {
@@ -1075,6 +1178,7 @@ int main(void)
         cmocka_unit_test(test_compose_no_subject),
         cmocka_unit_test(test_compose_injection_text),
         cmocka_unit_test(test_compose_injection_refused),
+        cmocka_unit_test(test_compose_encoded_word_lookalike),
         cmocka_unit_test(test_parse_plain),
         cmocka_unit_test(test_parse_alternative),
         cmocka_unit_test(test_parse_html_only),
@@ -1086,6 +1190,7 @@ int main(void)
         cmocka_unit_test(test_parse_invalid_content_type),
         cmocka_unit_test(test_parse_charset_best_effort),
         cmocka_unit_test(test_parse_text_parts),
+        cmocka_unit_test(test_parse_padded_b_words),
         cmocka_unit_test(test_parse_bounds),
         cmocka_unit_test(test_html_text),
     };

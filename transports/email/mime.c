@@ -129,6 +129,33 @@ static char *clean_text(const char *s, size_t len, bool single_line)
     return sb_steal(&b);
 }
 
+/*
+ * Free text for a header: clean_text's single line, and a WORD JOINER
+ * (U+2060, invisible) after every "=" that a "?" follows. GMime 3.2
+ * leaves ASCII words alone when it encodes a header, so a word such as
+ * "=?8?q?" went out as written: readers then take it for the start of an
+ * encoded word, and GMime's own folding split such a run in the middle of
+ * a line, leaving a header line that does not start with a name or white
+ * space. With the joiner the word is not ASCII, so GMime encodes it.
+ * Returned owned (free()).
+ */
+static char *header_text(const char *s)
+{
+    char *t = clean_text(s, strlen(s), true);
+    struct strbuf b;
+
+    if (!strstr(t, "=?"))
+        return t;
+    sb_init(&b);
+    for (const char *p = t; *p; p++) {
+        sb_putc(&b, *p);
+        if (p[0] == '=' && p[1] == '?')
+            sb_puts(&b, "\xe2\x81\xa0");
+    }
+    free(t);
+    return sb_steal(&b);
+}
+
 /* A msg-id body (between < and >): printable ASCII, no space, no <>. */
 static bool msgid_ok(const char *s, size_t n)
 {
@@ -254,8 +281,7 @@ char *mime_compose(const struct mail_compose *c, size_t *len, char **msgid,
 
     m = g_mime_message_new(TRUE);
 
-    name = c->from_name ? clean_text(c->from_name, strlen(c->from_name), true)
-                        : NULL;
+    name = c->from_name ? header_text(c->from_name) : NULL;
     ia = internet_address_mailbox_new(name && *name ? name : NULL, c->from);
     internet_address_set_charset(ia, "utf-8");
     internet_address_list_add(g_mime_message_get_from(m), ia);
@@ -264,8 +290,7 @@ char *mime_compose(const struct mail_compose *c, size_t *len, char **msgid,
     internet_address_list_add(g_mime_message_get_to(m), ia);
     g_object_unref(ia);
 
-    subject =
-        c->subject ? clean_text(c->subject, strlen(c->subject), true) : NULL;
+    subject = c->subject ? header_text(c->subject) : NULL;
     if (subject && *subject)
         g_mime_message_set_subject(m, subject, "utf-8");
 
@@ -367,6 +392,7 @@ out:
  * A part whose disposition is "attachment" is never the text.
  */
 struct walk {
+    GMimeParserOptions *po;
     struct strbuf text; /* joined text so far */
     GMimeObject *html;  /* first unnamed inline text/html not yet used */
     GMimeObject *named_plain, *named_html; /* first named inline ones */
@@ -376,6 +402,149 @@ struct walk {
 };
 
 enum text_kind { KIND_OTHER, KIND_PLAIN, KIND_HTML };
+
+static char *single_line_or_null(const char *s)
+{
+    char *c;
+
+    if (!s)
+        return NULL;
+    c = clean_text(s, strlen(s), true);
+    if (!*c) {
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+/*
+ * GMime 3.2.13 decodes adjacent B words of one charset as one base64 run,
+ * so a word that ends in padding ("=?UTF-8?B?SGVsbG8=?=") ends the run and
+ * every word after it is lost (GMime issue #133, fixed after the version
+ * Debian 12 ships). Long non-ASCII subjects are sent exactly so. Each
+ * padded B word is rewritten here as the Q word of the same bytes, which
+ * GMime joins correctly. Returns the new value (g_free()), or NULL when
+ * there was nothing to rewrite.
+ */
+static char *requote_b_words(const char *v)
+{
+    struct strbuf b;
+    const char *p = v, *w;
+    bool changed = false;
+
+    sb_init(&b);
+    while ((w = strstr(p, "=?"))) {
+        const char *cs = w + 2, *q1, *text, *end;
+
+        q1 = cs + strcspn(cs, "? \t\r\n");
+        if (*q1 != '?' || q1 == cs || (q1[1] != 'B' && q1[1] != 'b') ||
+            q1[2] != '?') {
+            sb_append(&b, p, (size_t)(cs - p));
+            p = cs;
+            continue;
+        }
+        text = q1 + 3;
+        end = text + strcspn(text, "? \t\r\n");
+        if (end[0] != '?' || end[1] != '=' || end == text || end[-1] != '=') {
+            sb_append(&b, p, (size_t)(text - p));
+            p = text;
+            continue;
+        }
+        {
+            gchar *b64 = g_strndup(text, (gsize)(end - text));
+            gsize n = 0;
+            guchar *bytes = g_base64_decode(b64, &n);
+
+            sb_append(&b, p, (size_t)(w - p));
+            sb_printf(&b, "=?%.*s?Q?", (int)(q1 - cs), cs);
+            for (gsize i = 0; i < n; i++)
+                sb_printf(&b, "=%02X", bytes[i]);
+            sb_puts(&b, "?=");
+            g_free(bytes);
+            g_free(b64);
+        }
+        p = end + 2;
+        changed = true;
+    }
+    if (!changed) {
+        sb_free(&b);
+        return NULL;
+    }
+    sb_puts(&b, p);
+    {
+        gchar *res = g_strdup(b.s);
+        sb_free(&b);
+        return res;
+    }
+}
+
+/* obj's header name, unfolded and requoted (g_free()); NULL when it is
+ * absent or GMime's own reading of it can be used. */
+static char *requoted_header(GMimeObject *obj, const char *name)
+{
+    GMimeHeaderList *hl = g_mime_object_get_header_list(obj);
+    GMimeHeader *h = hl ? g_mime_header_list_get_header(hl, name) : NULL;
+    const char *raw = h ? g_mime_header_get_raw_value(h) : NULL;
+    char *unfolded, *res;
+
+    if (!raw || !strstr(raw, "=?"))
+        return NULL;
+    unfolded = g_mime_utils_header_unfold(raw);
+    res = requote_b_words(unfolded);
+    g_free(unfolded);
+    return res;
+}
+
+/* A message's subject, cleaned, or NULL. Returned owned (free()). */
+static char *subject_of(GMimeMessage *m, GMimeParserOptions *po)
+{
+    char *v = requoted_header(GMIME_OBJECT(m), "Subject");
+    char *res;
+
+    if (!v)
+        return single_line_or_null(g_mime_message_get_subject(m));
+    gchar *d = g_mime_utils_header_decode_text(po, v);
+    res = single_line_or_null(d);
+    g_free(d);
+    g_free(v);
+    return res;
+}
+
+/* A part's filename, as g_mime_part_get_filename reads it, cleaned, or
+ * NULL. Returned owned (free()). */
+static char *filename_of(GMimeObject *obj, GMimeParserOptions *po)
+{
+    GMimeContentDisposition *d = g_mime_object_get_content_disposition(obj);
+    GMimeContentType *ct = g_mime_object_get_content_type(obj);
+    const char *f = NULL;
+    char *v, *res;
+
+    if (d && (f = g_mime_content_disposition_get_parameter(d, "filename"))) {
+        if ((v = requoted_header(obj, "Content-Disposition"))) {
+            GMimeContentDisposition *fixed =
+                g_mime_content_disposition_parse(po, v);
+            const char *ff =
+                g_mime_content_disposition_get_parameter(fixed, "filename");
+            res = single_line_or_null(ff ? ff : f);
+            g_object_unref(fixed);
+            g_free(v);
+            return res;
+        }
+        return single_line_or_null(f);
+    }
+    if (ct && (f = g_mime_content_type_get_parameter(ct, "name"))) {
+        if ((v = requoted_header(obj, "Content-Type"))) {
+            GMimeContentType *fixed = g_mime_content_type_parse(po, v);
+            const char *ff = g_mime_content_type_get_parameter(fixed, "name");
+            res = single_line_or_null(ff ? ff : f);
+            g_object_unref(fixed);
+            g_free(v);
+            return res;
+        }
+        return single_line_or_null(f);
+    }
+    return NULL;
+}
 
 static char *lower_dup(const char *s)
 {
@@ -772,13 +941,13 @@ static void walk(struct walk *w, GMimeObject *obj, int depth, bool text_off)
         /* A forwarded message is listed, not read as the body. */
         GMimeMessagePart *mp = GMIME_MESSAGE_PART(obj);
         GMimeMessage *inner = g_mime_message_part_get_message(mp);
-        GMimeContentDisposition *d = g_mime_object_get_content_disposition(obj);
-        const char *name =
-            d ? g_mime_content_disposition_get_parameter(d, "filename") : NULL;
+        char *name = filename_of(obj, w->po);
+
         if (!name && inner)
-            name = g_mime_message_get_subject(inner);
-        add_attachment(w, name && *name ? name : "forwarded message",
-                       message_size(mp), ct, NULL);
+            name = subject_of(inner, w->po);
+        add_attachment(w, name ? name : "forwarded message", message_size(mp),
+                       ct, NULL);
+        free(name);
         return;
     }
     if (!GMIME_IS_PART(obj))
@@ -787,7 +956,7 @@ static void walk(struct walk *w, GMimeObject *obj, int depth, bool text_off)
     bool as_ascii;
     enum text_kind kind = part_kind(obj, &as_ascii);
     const char *disp = g_mime_object_get_disposition(obj);
-    const char *filename = g_mime_part_get_filename(GMIME_PART(obj));
+    char *filename = filename_of(obj, w->po);
     bool attached = disp && strcasecmp(disp, "attachment") == 0;
     struct mail_attachment *a;
 
@@ -803,11 +972,14 @@ static void walk(struct walk *w, GMimeObject *obj, int depth, bool text_off)
         }
         return;
     }
-    if (is_signature(ct))
+    if (is_signature(ct)) {
+        free(filename);
         return;
+    }
     a = add_attachment(w, filename ? filename : "unnamed",
                        decoded_size(GMIME_PART(obj)), ct,
                        as_ascii ? "text/plain" : NULL);
+    free(filename);
     if (kind == KIND_OTHER || attached || text_off)
         return;
     if (kind == KIND_PLAIN && !w->named_plain) {
@@ -819,20 +991,6 @@ static void walk(struct walk *w, GMimeObject *obj, int depth, bool text_off)
     }
 }
 
-static char *single_line_or_null(const char *s)
-{
-    char *c;
-
-    if (!s)
-        return NULL;
-    c = clean_text(s, strlen(s), true);
-    if (!*c) {
-        free(c);
-        return NULL;
-    }
-    return c;
-}
-
 static char *id_or_null(const char *s)
 {
     if (!s)
@@ -840,13 +998,17 @@ static char *id_or_null(const char *s)
     return msgid_ok(s, strlen(s)) ? xstrdup(s) : NULL;
 }
 
-static void parse_from(GMimeMessage *m, struct mail_parsed *out)
+static void parse_from(GMimeMessage *m, GMimeParserOptions *po,
+                       struct mail_parsed *out)
 {
-    InternetAddressList *l = g_mime_message_get_from(m);
+    char *v = requoted_header(GMIME_OBJECT(m), "From");
+    InternetAddressList *own = v ? internet_address_list_parse(po, v) : NULL;
+    InternetAddressList *l = own ? own : g_mime_message_get_from(m);
     InternetAddress *ia = NULL;
 
+    g_free(v);
     if (!l || internet_address_list_length(l) < 1)
-        return;
+        goto out;
     ia = internet_address_list_get_address(l, 0);
     /* "From: Team: a@x;" names a group; its first member speaks. */
     while (ia && INTERNET_ADDRESS_IS_GROUP(ia)) {
@@ -857,7 +1019,7 @@ static void parse_from(GMimeMessage *m, struct mail_parsed *out)
                  : NULL;
     }
     if (!ia || !INTERNET_ADDRESS_IS_MAILBOX(ia))
-        return;
+        goto out;
     const char *addr =
         internet_address_mailbox_get_addr(INTERNET_ADDRESS_MAILBOX(ia));
     if (addr) {
@@ -872,6 +1034,9 @@ static void parse_from(GMimeMessage *m, struct mail_parsed *out)
             free(a);
     }
     out->from_name = single_line_or_null(internet_address_get_name(ia));
+out:
+    if (own)
+        g_object_unref(own);
 }
 
 static void parse_ids(GMimeMessage *m, GMimeParserOptions *po,
@@ -1016,6 +1181,7 @@ int mime_parse(const char *data, size_t len, struct mail_parsed *out,
     }
 
     sb_init(&w.text);
+    w.po = po;
     w.atts = g_ptr_array_new();
     walk(&w, g_mime_message_get_mime_part(m), 0, false);
     if (w.too_deep) {
@@ -1026,8 +1192,8 @@ int mime_parse(const char *data, size_t len, struct mail_parsed *out,
         goto out;
     }
 
-    parse_from(m, out);
-    out->subject = single_line_or_null(g_mime_message_get_subject(m));
+    parse_from(m, po, out);
+    out->subject = subject_of(m, po);
     parse_ids(m, po, out);
 
     out->text = body_text(&w);
