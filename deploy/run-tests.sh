@@ -147,6 +147,7 @@ if [ "${POSTERN_SKIP_VALGRIND:-0}" != 1 ]; then
         for t in $units; do
             log=build-valgrind/$t.valgrind.log
             if POSTERN_TEST_DATA=$ROOT/tests/data valgrind -q \
+                --suppressions="$ROOT/tests/valgrind.supp" \
                 --error-exitcode=99 --leak-check=full \
                 --errors-for-leak-kinds=definite,indirect \
                 --show-leak-kinds=definite,indirect \
