@@ -29,12 +29,14 @@
  * outbound_conf.concurrency): their order at the provider is not
  * guaranteed, as with any concurrent provider API client.
  *
- * Only this file uses jansson for messages. Never: block, deliver while
- * the gateway's ready() is false, log a message body above debug.
+ * Only this file parses the stored JSON (jansson only as a fallback). Never:
+ * block, deliver while the gateway's ready() is false, log a message body above
+ * debug.
  */
 #include "queue.h"
 
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,142 +116,658 @@ static size_t utf8_seq(const unsigned char *p, size_t n)
 }
 
 /*
- * A JSON string for s; invalid UTF-8 (a provider's garbage) becomes
- * U+FFFD rather than making the message unstorable.
+ * The codec writes JSON directly and reads it with a small parser built
+ * for these flat objects (strings, integers, booleans, null, arrays of
+ * strings): building and walking jansson's hash tables cost more than the
+ * rest of a message's handling. The parser accepts exactly what jansson
+ * (JSON_REJECT_DUPLICATES) accepts: whatever it does not model (nested
+ * objects, arrays holding anything but strings, numbers that are not
+ * integers, nesting deeper than it follows) is handed to jansson and
+ * converted, so both paths share one validation.
  */
-static json_t *jstr(const char *s)
-{
-    json_t *j = json_string(s);
-    struct strbuf b;
-    const unsigned char *p = (const unsigned char *)s;
-    size_t n = strlen(s);
 
-    if (j)
-        return j;
-    sb_init(&b);
+static void jw_str(struct strbuf *b, const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t n = strlen(s), run = 0;
+
+    sb_putc(b, '"');
     for (size_t i = 0; i < n;) {
-        size_t l = utf8_seq(p + i, n - i);
-        if (l == 0) {
-            sb_puts(&b, "\xef\xbf\xbd");
-            i++;
+        unsigned char ch = p[i];
+        const char *esc = NULL;
+        char u[8];
+        size_t l = 1;
+
+        if (ch >= 0x80) {
+            l = utf8_seq(p + i, n - i);
+            if (l) {
+                run += l;
+                i += l;
+                continue;
+            }
+            /* invalid UTF-8 (a provider's garbage) becomes U+FFFD */
+            esc = "\xef\xbf\xbd";
+            l = 1;
+        } else if (ch == '"') {
+            esc = "\\\"";
+        } else if (ch == '\\') {
+            esc = "\\\\";
+        } else if (ch == '\n') {
+            esc = "\\n";
+        } else if (ch == '\r') {
+            esc = "\\r";
+        } else if (ch == '\t') {
+            esc = "\\t";
+        } else if (ch == '\b') {
+            esc = "\\b";
+        } else if (ch == '\f') {
+            esc = "\\f";
+        } else if (ch < 0x20) {
+            snprintf(u, sizeof(u), "\\u%04x", ch);
+            esc = u;
         } else {
-            sb_append(&b, s + i, l);
-            i += l;
+            run++;
+            i++;
+            continue;
         }
+        sb_append(b, s + i - run, run);
+        run = 0;
+        sb_puts(b, esc);
+        i += l;
     }
-    j = json_string(b.s ? b.s : "");
-    sb_free(&b);
-    if (!j)
-        fatal("out of memory (json)");
-    return j;
+    sb_append(b, s + n - run, run);
+    sb_putc(b, '"');
 }
 
-static void set_opt(json_t *o, const char *key, const char *v)
+/* ,"key":"value" (the first member opens the object). */
+static void jw_key(struct strbuf *b, const char *key)
+{
+    sb_putc(b, b->len ? ',' : '{');
+    sb_putc(b, '"');
+    sb_puts(b, key);
+    sb_puts(b, "\":");
+}
+
+static void jw_kstr(struct strbuf *b, const char *key, const char *v)
+{
+    jw_key(b, key);
+    jw_str(b, v);
+}
+
+static void jw_opt(struct strbuf *b, const char *key, const char *v)
 {
     if (v)
-        json_object_set_new(o, key, jstr(v));
+        jw_kstr(b, key, v);
+}
+
+static void jw_kint(struct strbuf *b, const char *key, long long v)
+{
+    jw_key(b, key);
+    sb_printf(b, "%lld", v);
+}
+
+static void jw_kbool(struct strbuf *b, const char *key, bool v)
+{
+    jw_key(b, key);
+    sb_puts(b, v ? "true" : "false");
+}
+
+static void jw_media(struct strbuf *b, char *const *media, size_t n)
+{
+    jw_key(b, "media");
+    sb_putc(b, '[');
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            sb_putc(b, ',');
+        jw_str(b, media[i]);
+    }
+    sb_putc(b, ']');
+}
+
+static char *jw_end(struct strbuf *b)
+{
+    sb_putc(b, '}');
+    return sb_steal(b);
+}
+
+/* ---- reading ---- */
+
+enum jtype { JT_STR, JT_INT, JT_TRUE, JT_FALSE, JT_NULL, JT_STRARR, JT_OTHER };
+
+struct jfield {
+    char *key;
+    enum jtype t;
+    char *s; /* JT_STR */
+    long long i;
+    char **arr; /* JT_STRARR */
+    size_t n_arr;
+};
+
+struct jdoc {
+    struct jfield *f;
+    size_t n, cap;
+};
+
+static void jdoc_free(struct jdoc *d)
+{
+    for (size_t i = 0; i < d->n; i++) {
+        free(d->f[i].key);
+        free(d->f[i].s);
+        for (size_t k = 0; k < d->f[i].n_arr; k++)
+            free(d->f[i].arr[k]);
+        free(d->f[i].arr);
+    }
+    free(d->f);
+    memset(d, 0, sizeof(*d));
+}
+
+static const struct jfield *jdoc_get(const struct jdoc *d, const char *key)
+{
+    for (size_t i = 0; i < d->n; i++)
+        if (strcmp(d->f[i].key, key) == 0)
+            return &d->f[i];
+    return NULL;
+}
+
+static struct jfield *jdoc_add(struct jdoc *d, char *key)
+{
+    struct jfield *f;
+
+    if (d->n == d->cap) {
+        d->cap = d->cap ? d->cap * 2 : 16;
+        d->f = xrealloc(d->f, d->cap * sizeof(*d->f));
+    }
+    f = &d->f[d->n++];
+    memset(f, 0, sizeof(*f));
+    f->key = key;
+    return f;
+}
+
+enum { JP_OK = 0, JP_BAD = -1, JP_JANSSON = 1 };
+
+struct jp {
+    const char *p, *end;
+};
+
+static void jp_ws(struct jp *j)
+{
+    while (j->p < j->end &&
+           (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r'))
+        j->p++;
+}
+
+static int hex4(const char *p, unsigned *out)
+{
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        int h = p[i];
+        if (h >= '0' && h <= '9')
+            h -= '0';
+        else if (h >= 'a' && h <= 'f')
+            h -= 'a' - 10;
+        else if (h >= 'A' && h <= 'F')
+            h -= 'A' - 10;
+        else
+            return -1;
+        v = v * 16 + (unsigned)h;
+    }
+    *out = v;
+    return 0;
+}
+
+static void put_utf8(struct strbuf *b, unsigned cp)
+{
+    char u[4];
+    size_t n;
+
+    if (cp < 0x80) {
+        u[0] = (char)cp;
+        n = 1;
+    } else if (cp < 0x800) {
+        u[0] = (char)(0xc0 | (cp >> 6));
+        u[1] = (char)(0x80 | (cp & 0x3f));
+        n = 2;
+    } else if (cp < 0x10000) {
+        u[0] = (char)(0xe0 | (cp >> 12));
+        u[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        u[2] = (char)(0x80 | (cp & 0x3f));
+        n = 3;
+    } else {
+        u[0] = (char)(0xf0 | (cp >> 18));
+        u[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+        u[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        u[3] = (char)(0x80 | (cp & 0x3f));
+        n = 4;
+    }
+    sb_append(b, u, n);
+}
+
+/*
+ * A string at j->p ('"'), decoded into out (owned) when out is non-NULL.
+ * As jansson: control characters, invalid UTF-8, lone surrogates and
+ * \u0000 are errors.
+ */
+static int jp_string(struct jp *j, char **out)
+{
+    struct strbuf b;
+    const char *run;
+
+    if (j->p >= j->end || *j->p != '"')
+        return JP_BAD;
+    j->p++;
+    sb_init(&b);
+    run = j->p;
+    for (;;) {
+        unsigned char ch;
+        if (j->p >= j->end)
+            goto bad;
+        ch = (unsigned char)*j->p;
+        if (ch == '"') {
+            sb_append(&b, run, (size_t)(j->p - run));
+            j->p++;
+            break;
+        }
+        if (ch < 0x20)
+            goto bad;
+        if (ch >= 0x80) {
+            size_t l =
+                utf8_seq((const unsigned char *)j->p, (size_t)(j->end - j->p));
+            if (!l)
+                goto bad;
+            j->p += l;
+            continue;
+        }
+        if (ch != '\\') {
+            j->p++;
+            continue;
+        }
+        sb_append(&b, run, (size_t)(j->p - run));
+        if (j->end - j->p < 2)
+            goto bad;
+        j->p++;
+        switch (*j->p++) {
+        case '"':
+            sb_putc(&b, '"');
+            break;
+        case '\\':
+            sb_putc(&b, '\\');
+            break;
+        case '/':
+            sb_putc(&b, '/');
+            break;
+        case 'b':
+            sb_putc(&b, '\b');
+            break;
+        case 'f':
+            sb_putc(&b, '\f');
+            break;
+        case 'n':
+            sb_putc(&b, '\n');
+            break;
+        case 'r':
+            sb_putc(&b, '\r');
+            break;
+        case 't':
+            sb_putc(&b, '\t');
+            break;
+        case 'u': {
+            unsigned cp, lo;
+            if (j->end - j->p < 4 || hex4(j->p, &cp) < 0)
+                goto bad;
+            j->p += 4;
+            if (cp >= 0xd800 && cp <= 0xdbff) {
+                if (j->end - j->p < 6 || j->p[0] != '\\' || j->p[1] != 'u' ||
+                    hex4(j->p + 2, &lo) < 0 || lo < 0xdc00 || lo > 0xdfff)
+                    goto bad;
+                j->p += 6;
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+            } else if (cp >= 0xdc00 && cp <= 0xdfff) {
+                goto bad;
+            }
+            if (cp == 0)
+                goto bad;
+            put_utf8(&b, cp);
+            break;
+        }
+        default:
+            goto bad;
+        }
+        run = j->p;
+    }
+    if (out)
+        *out = sb_steal(&b);
+    else
+        sb_free(&b);
+    return JP_OK;
+bad:
+    sb_free(&b);
+    return JP_BAD;
+}
+
+/* A number: JT_INT, or JP_JANSSON for one with a fraction or exponent. */
+static int jp_number(struct jp *j, long long *out)
+{
+    bool neg = false;
+    unsigned long long v = 0;
+
+    if (j->p < j->end && *j->p == '-') {
+        neg = true;
+        j->p++;
+    }
+    if (j->p >= j->end || *j->p < '0' || *j->p > '9')
+        return JP_BAD;
+    if (*j->p == '0' && j->p + 1 < j->end && j->p[1] >= '0' && j->p[1] <= '9')
+        return JP_BAD;
+    while (j->p < j->end && *j->p >= '0' && *j->p <= '9') {
+        unsigned d = (unsigned)(*j->p - '0');
+        if (v > (ULLONG_MAX - d) / 10)
+            return JP_JANSSON;
+        v = v * 10 + d;
+        j->p++;
+    }
+    if (j->p < j->end && (*j->p == '.' || *j->p == 'e' || *j->p == 'E'))
+        return JP_JANSSON;
+    if (v > (unsigned long long)LLONG_MAX + (neg ? 1u : 0u))
+        return JP_JANSSON; /* jansson: "too big integer", an error */
+    *out = neg ? (long long)(0 - v) : (long long)v;
+    return JP_OK;
+}
+
+static int jp_literal(struct jp *j, const char *lit)
+{
+    size_t n = strlen(lit);
+    if ((size_t)(j->end - j->p) < n || memcmp(j->p, lit, n) != 0)
+        return JP_BAD;
+    j->p += n;
+    return JP_OK;
+}
+
+/* The value of f: anything beyond the model goes to jansson. */
+static int jp_value(struct jp *j, struct jfield *f)
+{
+    int rc;
+
+    jp_ws(j);
+    if (j->p >= j->end)
+        return JP_BAD;
+    switch (*j->p) {
+    case '"':
+        f->t = JT_STR;
+        return jp_string(j, &f->s);
+    case 't':
+        f->t = JT_TRUE;
+        return jp_literal(j, "true");
+    case 'f':
+        f->t = JT_FALSE;
+        return jp_literal(j, "false");
+    case 'n':
+        f->t = JT_NULL;
+        return jp_literal(j, "null");
+    case '[':
+        j->p++;
+        f->t = JT_STRARR;
+        jp_ws(j);
+        if (j->p < j->end && *j->p == ']') {
+            j->p++;
+            return JP_OK;
+        }
+        for (;;) {
+            char *s = NULL;
+            jp_ws(j);
+            if (j->p >= j->end)
+                return JP_BAD;
+            if (*j->p != '"')
+                return JP_JANSSON;
+            rc = jp_string(j, &s);
+            if (rc != JP_OK)
+                return rc;
+            f->arr = xrealloc(f->arr, (f->n_arr + 1) * sizeof(*f->arr));
+            f->arr[f->n_arr++] = s;
+            jp_ws(j);
+            if (j->p < j->end && *j->p == ',') {
+                j->p++;
+                continue;
+            }
+            if (j->p < j->end && *j->p == ']') {
+                j->p++;
+                return JP_OK;
+            }
+            return JP_BAD;
+        }
+    case '{':
+        return JP_JANSSON;
+    default:
+        f->t = JT_INT;
+        return jp_number(j, &f->i);
+    }
+}
+
+static int jp_object(const char *json, size_t len, struct jdoc *d)
+{
+    struct jp j = {json, json + len};
+
+    jp_ws(&j);
+    if (j.p >= j.end)
+        return JP_BAD;
+    if (*j.p == '[')
+        return JP_JANSSON; /* valid JSON, not an object: jansson says so */
+    if (*j.p != '{')
+        return JP_BAD;
+    j.p++;
+    jp_ws(&j);
+    if (j.p < j.end && *j.p == '}') {
+        j.p++;
+    } else {
+        for (;;) {
+            char *key = NULL;
+            struct jfield *f;
+            int rc;
+
+            jp_ws(&j);
+            if (jp_string(&j, &key) != JP_OK)
+                return JP_BAD;
+            if (jdoc_get(d, key)) {
+                free(key);
+                return JP_BAD; /* JSON_REJECT_DUPLICATES */
+            }
+            f = jdoc_add(d, key);
+            jp_ws(&j);
+            if (j.p >= j.end || *j.p != ':')
+                return JP_BAD;
+            j.p++;
+            rc = jp_value(&j, f);
+            if (rc != JP_OK)
+                return rc;
+            jp_ws(&j);
+            if (j.p < j.end && *j.p == ',') {
+                j.p++;
+                continue;
+            }
+            if (j.p < j.end && *j.p == '}') {
+                j.p++;
+                break;
+            }
+            return JP_BAD;
+        }
+    }
+    jp_ws(&j);
+    return j.p == j.end ? JP_OK : JP_BAD;
+}
+
+/* The fallback: jansson's view of the same text, as a jdoc. */
+static int jdoc_from_jansson(const char *json, struct jdoc *d)
+{
+    json_error_t je;
+    json_t *o = json_loads(json, JSON_REJECT_DUPLICATES, &je);
+    const char *key;
+    json_t *v;
+
+    if (!o)
+        return JP_BAD;
+    if (!json_is_object(o)) {
+        json_decref(o);
+        return JP_BAD;
+    }
+    json_object_foreach(o, key, v)
+    {
+        struct jfield *f = jdoc_add(d, xstrdup(key));
+        if (json_is_string(v)) {
+            f->t = JT_STR;
+            f->s = xstrndup(json_string_value(v), json_string_length(v));
+        } else if (json_is_integer(v)) {
+            f->t = JT_INT;
+            f->i = json_integer_value(v);
+        } else if (json_is_true(v)) {
+            f->t = JT_TRUE;
+        } else if (json_is_false(v)) {
+            f->t = JT_FALSE;
+        } else if (json_is_null(v)) {
+            f->t = JT_NULL;
+        } else if (json_is_array(v)) {
+            size_t n = json_array_size(v);
+            f->t = JT_STRARR;
+            for (size_t i = 0; i < n; i++)
+                if (!json_is_string(json_array_get(v, i)))
+                    f->t = JT_OTHER;
+            if (f->t == JT_STRARR && n) {
+                f->arr = xcalloc(n, sizeof(*f->arr));
+                for (size_t i = 0; i < n; i++) {
+                    json_t *u = json_array_get(v, i);
+                    f->arr[f->n_arr++] =
+                        xstrndup(json_string_value(u), json_string_length(u));
+                }
+            }
+        } else {
+            f->t = JT_OTHER;
+        }
+    }
+    json_decref(o);
+    return JP_OK;
+}
+
+/* Parses an object; JP_BAD when it is not valid JSON or not an object. */
+static int jdoc_parse(const char *json, struct jdoc *d)
+{
+    int rc = jp_object(json, strlen(json), d);
+
+    if (rc == JP_JANSSON) {
+        jdoc_free(d);
+        rc = jdoc_from_jansson(json, d);
+    }
+    if (rc != JP_OK)
+        jdoc_free(d);
+    return rc;
 }
 
 char *inmsg_to_json(const struct inmsg *m)
 {
-    json_t *o = json_object();
-    char *out;
+    struct strbuf b;
 
-    if (!o)
-        fatal("out of memory (json)");
-    json_object_set_new(o, "v", json_integer(1));
-    json_object_set_new(o, "to", jstr(m->to_addr ? m->to_addr : ""));
-    json_object_set_new(o, "from", jstr(m->from_addr ? m->from_addr : ""));
-    set_opt(o, "body", m->body);
-    set_opt(o, "subject", m->subject);
-    set_opt(o, "thread", m->thread);
-    set_opt(o, "provider_id", m->provider_id);
-    set_opt(o, "extra", m->extra);
-    if (m->n_media) {
-        json_t *a = json_array();
-        for (size_t i = 0; i < m->n_media && i < INMSG_MAX_MEDIA; i++)
-            json_array_append_new(a, jstr(m->media[i]));
-        json_object_set_new(o, "media", a);
-    }
+    sb_init(&b);
+    jw_kint(&b, "v", 1);
+    jw_kstr(&b, "to", m->to_addr ? m->to_addr : "");
+    jw_kstr(&b, "from", m->from_addr ? m->from_addr : "");
+    jw_opt(&b, "body", m->body);
+    jw_opt(&b, "subject", m->subject);
+    jw_opt(&b, "thread", m->thread);
+    jw_opt(&b, "provider_id", m->provider_id);
+    jw_opt(&b, "extra", m->extra);
+    if (m->n_media)
+        jw_media(&b, m->media,
+                 m->n_media < INMSG_MAX_MEDIA ? m->n_media : INMSG_MAX_MEDIA);
     if (m->kind != INMSG_MESSAGE) {
-        json_object_set_new(
-            o, "k",
-            json_string(m->kind == INMSG_RECEIPT ? "receipt" : "error"));
-        set_opt(o, "jid", m->jid);
-        set_opt(o, "contact", m->contact);
-        set_opt(o, "ref", m->ref_id);
-        set_opt(o, "text", m->text);
+        jw_kstr(&b, "k", m->kind == INMSG_RECEIPT ? "receipt" : "error");
+        jw_opt(&b, "jid", m->jid);
+        jw_opt(&b, "contact", m->contact);
+        jw_opt(&b, "ref", m->ref_id);
+        jw_opt(&b, "text", m->text);
         if (m->kind == INMSG_ERROR) {
-            json_object_set_new(o, "cond", json_integer(m->cond));
-            json_object_set_new(o, "temp", json_boolean(m->temporary));
+            jw_kint(&b, "cond", m->cond);
+            jw_kbool(&b, "temp", m->temporary);
         }
     }
-    out = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    if (!out)
-        fatal("out of memory (json)");
-    return out;
+    return jw_end(&b);
 }
 
 /* Optional string member: 0 absent/null, 1 copied, -1 wrong type. */
-static int get_opt(json_t *o, const char *key, char **out)
+static int get_opt(const struct jdoc *d, const char *key, char **out)
 {
-    json_t *v = json_object_get(o, key);
-    if (!v || json_is_null(v))
+    const struct jfield *f = jdoc_get(d, key);
+    if (!f || f->t == JT_NULL)
         return 0;
-    if (!json_is_string(v))
+    if (f->t != JT_STR)
         return -1;
-    *out = xstrndup(json_string_value(v), json_string_length(v));
+    *out = xstrdup(f->s);
     return 1;
 }
 
-/* The members of a notice; NULL when valid, else what is wrong. */
-static const char *notice_from_json(json_t *o, struct inmsg *out)
+static bool is_true(const struct jdoc *d, const char *key)
 {
-    json_t *c;
+    const struct jfield *f = jdoc_get(d, key);
+    return f && f->t == JT_TRUE;
+}
 
-    if (get_opt(o, "jid", &out->jid) <= 0 || !*out->jid)
+/* An array of up to max non-empty URL strings into media; else why not. */
+static const char *get_media(const struct jdoc *d, char **media, size_t *n,
+                             size_t max)
+{
+    const struct jfield *f = jdoc_get(d, "media");
+
+    if (!f || f->t == JT_NULL)
+        return NULL;
+    if (f->t != JT_STRARR || f->n_arr > max)
+        return "\"media\" is not an array of at most 10 URLs";
+    for (size_t i = 0; i < f->n_arr; i++)
+        if (!f->arr[i][0])
+            return "\"media\" holds something other than a URL string";
+    for (size_t i = 0; i < f->n_arr; i++)
+        media[(*n)++] = xstrdup(f->arr[i]);
+    return NULL;
+}
+
+/* The members of a notice; NULL when valid, else what is wrong. */
+static const char *notice_from_json(const struct jdoc *d, struct inmsg *out)
+{
+    const struct jfield *c;
+
+    if (get_opt(d, "jid", &out->jid) <= 0 || !*out->jid)
         return "\"jid\" missing or not a non-empty string";
-    if (get_opt(o, "contact", &out->contact) <= 0 || !*out->contact)
+    if (get_opt(d, "contact", &out->contact) <= 0 || !*out->contact)
         return "\"contact\" missing or not a non-empty string";
-    if (get_opt(o, "ref", &out->ref_id) < 0 ||
-        get_opt(o, "text", &out->text) < 0 ||
-        get_opt(o, "body", &out->body) < 0)
+    if (get_opt(d, "ref", &out->ref_id) < 0 ||
+        get_opt(d, "text", &out->text) < 0 ||
+        get_opt(d, "body", &out->body) < 0)
         return "a text member is not a string";
     if (out->kind != INMSG_ERROR)
         return NULL;
-    c = json_object_get(o, "cond");
-    if (!json_is_integer(c) || json_integer_value(c) <= COND_NONE ||
-        json_integer_value(c) > COND_UNDEFINED_CONDITION)
+    c = jdoc_get(d, "cond");
+    if (!c || c->t != JT_INT || c->i <= COND_NONE ||
+        c->i > COND_UNDEFINED_CONDITION)
         return "\"cond\" is not a known condition";
-    out->cond = (int)json_integer_value(c);
-    out->temporary = json_is_true(json_object_get(o, "temp"));
+    out->cond = (int)c->i;
+    out->temporary = is_true(d, "temp");
     return NULL;
 }
 
 int inmsg_from_json(const char *json, struct inmsg *out, struct error *err)
 {
-    json_error_t je;
-    json_t *o = NULL, *media, *kind;
+    struct jdoc d;
+    const struct jfield *kind;
     const char *bad = NULL;
 
     memset(out, 0, sizeof(*out));
+    memset(&d, 0, sizeof(d));
     if (!json || strlen(json) > PAYLOAD_MAX) {
         bad = "missing or oversized payload";
         goto fail;
     }
-    o = json_loads(json, JSON_REJECT_DUPLICATES, &je);
-    if (!o) {
-        bad = "not valid JSON";
+    if (jdoc_parse(json, &d) != JP_OK) {
+        bad = "not valid JSON or not a JSON object";
         goto fail;
     }
-    if (!json_is_object(o)) {
-        bad = "not a JSON object";
-        goto fail;
-    }
-    kind = json_object_get(o, "k");
-    if (kind && !json_is_null(kind)) {
-        const char *k = json_is_string(kind) ? json_string_value(kind) : "";
+    kind = jdoc_get(&d, "k");
+    if (kind && kind->t != JT_NULL) {
+        const char *k = kind->t == JT_STR ? kind->s : "";
         if (strcmp(k, "receipt") == 0)
             out->kind = INMSG_RECEIPT;
         else if (strcmp(k, "error") == 0)
@@ -260,52 +778,39 @@ int inmsg_from_json(const char *json, struct inmsg *out, struct error *err)
         }
     }
     if (out->kind != INMSG_MESSAGE) {
-        bad = notice_from_json(o, out);
+        bad = notice_from_json(&d, out);
         if (bad)
             goto fail;
-        json_decref(o);
+        jdoc_free(&d);
         return 0;
     }
-    if (get_opt(o, "to", &out->to_addr) <= 0 || !*out->to_addr) {
+    if (get_opt(&d, "to", &out->to_addr) <= 0 || !*out->to_addr) {
         bad = "\"to\" missing or not a non-empty string";
         goto fail;
     }
-    if (get_opt(o, "from", &out->from_addr) <= 0 || !*out->from_addr) {
+    if (get_opt(&d, "from", &out->from_addr) <= 0 || !*out->from_addr) {
         bad = "\"from\" missing or not a non-empty string";
         goto fail;
     }
-    if (get_opt(o, "body", &out->body) < 0 ||
-        get_opt(o, "subject", &out->subject) < 0 ||
-        get_opt(o, "thread", &out->thread) < 0 ||
-        get_opt(o, "provider_id", &out->provider_id) < 0 ||
-        get_opt(o, "extra", &out->extra) < 0) {
+    if (get_opt(&d, "body", &out->body) < 0 ||
+        get_opt(&d, "subject", &out->subject) < 0 ||
+        get_opt(&d, "thread", &out->thread) < 0 ||
+        get_opt(&d, "provider_id", &out->provider_id) < 0 ||
+        get_opt(&d, "extra", &out->extra) < 0) {
         bad = "a text member is not a string";
         goto fail;
     }
-    media = json_object_get(o, "media");
-    if (media && !json_is_null(media)) {
-        if (!json_is_array(media) || json_array_size(media) > INMSG_MAX_MEDIA) {
-            bad = "\"media\" is not an array of at most 10 URLs";
-            goto fail;
-        }
-        for (size_t i = 0; i < json_array_size(media); i++) {
-            json_t *u = json_array_get(media, i);
-            if (!json_is_string(u) || json_string_length(u) == 0) {
-                bad = "\"media\" holds something other than a URL string";
-                goto fail;
-            }
-            out->media[out->n_media++] =
-                xstrndup(json_string_value(u), json_string_length(u));
-        }
-    }
+    bad = get_media(&d, out->media, &out->n_media, INMSG_MAX_MEDIA);
+    if (bad)
+        goto fail;
     if (!out->body && !out->n_media && !out->subject && !out->extra) {
         bad = "no body, subject, media or extra";
         goto fail;
     }
-    json_decref(o);
+    jdoc_free(&d);
     return 0;
 fail:
-    json_decref(o);
+    jdoc_free(&d);
     inmsg_free_fields(out);
     error_set(err, COND_BAD_REQUEST, false, "malformed inbound message: %s",
               bad);
@@ -807,7 +1312,11 @@ static void read_done(const struct error *err,
     }
     if (g->n == 0) {
         batch_free(g);
-        if (n >= BATCH && !q->stopped) {
+        if (own && n > 0) {
+            /* all ours with acks in flight: look again once they land */
+            g->retry = true;
+            g->retry_at = now_ms() + RETRY_BASE_MS;
+        } else if (n >= BATCH && !q->stopped) {
             g->want_read = true;
             kick(q);
         }
@@ -888,116 +1397,94 @@ void outmsg_free_fields(struct outmsg *m)
 
 char *outmsg_to_json(const struct outmsg *m)
 {
-    json_t *o = json_object();
-    char *out;
+    struct strbuf b;
 
-    if (!o)
-        fatal("out of memory (json)");
-    json_object_set_new(o, "v", json_integer(1));
-    json_object_set_new(o, "uid", jstr(m->uid ? m->uid : ""));
-    json_object_set_new(o, "jid", jstr(m->from_jid ? m->from_jid : ""));
-    json_object_set_new(o, "contact", jstr(m->to_jid ? m->to_jid : ""));
-    json_object_set_new(o, "from", jstr(m->from_addr ? m->from_addr : ""));
-    json_object_set_new(o, "to", jstr(m->to_addr ? m->to_addr : ""));
-    set_opt(o, "id", m->id);
-    set_opt(o, "body", m->body);
-    set_opt(o, "subject", m->subject);
-    set_opt(o, "thread", m->thread);
-    set_opt(o, "last_error", m->last_error);
-    if (m->n_media) {
-        json_t *a = json_array();
-        for (size_t i = 0; i < m->n_media && i < OUTMSG_MAX_MEDIA; i++)
-            json_array_append_new(a, jstr(m->media[i]));
-        json_object_set_new(o, "media", a);
-    }
+    sb_init(&b);
+    jw_kint(&b, "v", 1);
+    jw_kstr(&b, "uid", m->uid ? m->uid : "");
+    jw_kstr(&b, "jid", m->from_jid ? m->from_jid : "");
+    jw_kstr(&b, "contact", m->to_jid ? m->to_jid : "");
+    jw_kstr(&b, "from", m->from_addr ? m->from_addr : "");
+    jw_kstr(&b, "to", m->to_addr ? m->to_addr : "");
+    jw_opt(&b, "id", m->id);
+    jw_opt(&b, "body", m->body);
+    jw_opt(&b, "subject", m->subject);
+    jw_opt(&b, "thread", m->thread);
+    jw_opt(&b, "last_error", m->last_error);
+    if (m->n_media)
+        jw_media(&b, m->media,
+                 m->n_media < OUTMSG_MAX_MEDIA ? m->n_media : OUTMSG_MAX_MEDIA);
     if (m->receipt)
-        json_object_set_new(o, "receipt", json_true());
-    json_object_set_new(o, "at", json_integer(m->enqueued_at));
-    json_object_set_new(o, "attempt", json_integer(m->attempt));
-    out = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    if (!out)
-        fatal("out of memory (json)");
-    return out;
+        jw_kbool(&b, "receipt", true);
+    jw_kint(&b, "at", m->enqueued_at);
+    jw_kint(&b, "attempt", m->attempt);
+    return jw_end(&b);
 }
 
 /* A required non-empty string member. */
-static int get_req(json_t *o, const char *key, char **out)
+static int get_req(const struct jdoc *d, const char *key, char **out)
 {
-    if (get_opt(o, key, out) <= 0)
+    if (get_opt(d, key, out) <= 0)
         return -1;
     return **out ? 0 : -1;
 }
 
 int outmsg_from_json(const char *json, struct outmsg *out, struct error *err)
 {
-    json_error_t je;
-    json_t *o = NULL, *v;
+    struct jdoc d;
+    const struct jfield *v;
     const char *bad = NULL;
 
     memset(out, 0, sizeof(*out));
+    memset(&d, 0, sizeof(d));
     if (!json || strlen(json) > PAYLOAD_MAX) {
         bad = "missing or oversized payload";
         goto fail;
     }
-    o = json_loads(json, JSON_REJECT_DUPLICATES, &je);
-    if (!o || !json_is_object(o)) {
+    if (jdoc_parse(json, &d) != JP_OK) {
         bad = "not a JSON object";
         goto fail;
     }
-    if (get_req(o, "uid", &out->uid) < 0 ||
-        get_req(o, "jid", &out->from_jid) < 0 ||
-        get_req(o, "contact", &out->to_jid) < 0 ||
-        get_req(o, "from", &out->from_addr) < 0 ||
-        get_req(o, "to", &out->to_addr) < 0) {
+    if (get_req(&d, "uid", &out->uid) < 0 ||
+        get_req(&d, "jid", &out->from_jid) < 0 ||
+        get_req(&d, "contact", &out->to_jid) < 0 ||
+        get_req(&d, "from", &out->from_addr) < 0 ||
+        get_req(&d, "to", &out->to_addr) < 0) {
         bad = "uid, jid, contact, from or to missing";
         goto fail;
     }
-    if (get_opt(o, "id", &out->id) < 0 || get_opt(o, "body", &out->body) < 0 ||
-        get_opt(o, "subject", &out->subject) < 0 ||
-        get_opt(o, "thread", &out->thread) < 0 ||
-        get_opt(o, "last_error", &out->last_error) < 0) {
+    if (get_opt(&d, "id", &out->id) < 0 ||
+        get_opt(&d, "body", &out->body) < 0 ||
+        get_opt(&d, "subject", &out->subject) < 0 ||
+        get_opt(&d, "thread", &out->thread) < 0 ||
+        get_opt(&d, "last_error", &out->last_error) < 0) {
         bad = "a text member is not a string";
         goto fail;
     }
-    v = json_object_get(o, "media");
-    if (v && !json_is_null(v)) {
-        if (!json_is_array(v) || json_array_size(v) > OUTMSG_MAX_MEDIA) {
-            bad = "\"media\" is not an array of at most 10 URLs";
-            goto fail;
-        }
-        for (size_t i = 0; i < json_array_size(v); i++) {
-            json_t *u = json_array_get(v, i);
-            if (!json_is_string(u) || json_string_length(u) == 0) {
-                bad = "\"media\" holds something other than a URL string";
-                goto fail;
-            }
-            out->media[out->n_media++] =
-                xstrndup(json_string_value(u), json_string_length(u));
-        }
-    }
+    bad = get_media(&d, out->media, &out->n_media, OUTMSG_MAX_MEDIA);
+    if (bad)
+        goto fail;
     if (!out->body && !out->n_media) {
         bad = "no body and no media";
         goto fail;
     }
-    out->receipt = json_is_true(json_object_get(o, "receipt"));
-    v = json_object_get(o, "at");
-    if (!json_is_integer(v) || json_integer_value(v) < 0) {
+    out->receipt = is_true(&d, "receipt");
+    v = jdoc_get(&d, "at");
+    if (!v || v->t != JT_INT || v->i < 0) {
         bad = "\"at\" is not a time";
         goto fail;
     }
-    out->enqueued_at = json_integer_value(v);
-    v = json_object_get(o, "attempt");
-    if (v && (!json_is_integer(v) || json_integer_value(v) < 0 ||
-              json_integer_value(v) > 1000000)) {
+    out->enqueued_at = v->i;
+    v = jdoc_get(&d, "attempt");
+    if (v && (v->t != JT_INT || v->i < 0 || v->i > 1000000)) {
         bad = "\"attempt\" is not a count";
         goto fail;
     }
-    out->attempt = v ? (unsigned)json_integer_value(v) : 0;
-    json_decref(o);
+    out->attempt = v ? (unsigned)v->i : 0;
+    jdoc_free(&d);
     return 0;
 fail:
-    json_decref(o);
+    jdoc_free(&d);
     outmsg_free_fields(out);
     error_set(err, COND_BAD_REQUEST, false, "malformed outbound message: %s",
               bad);
@@ -1016,45 +1503,39 @@ void outref_free_fields(struct outref *r)
 
 char *outref_to_json(const struct outref *r)
 {
-    json_t *o = json_object();
-    char *out;
+    struct strbuf b;
 
-    if (!o)
-        fatal("out of memory (json)");
-    json_object_set_new(o, "jid", jstr(r->jid ? r->jid : ""));
-    json_object_set_new(o, "contact", jstr(r->contact ? r->contact : ""));
-    set_opt(o, "id", r->id);
-    json_object_set_new(o, "receipt", json_boolean(r->receipt));
-    out = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    if (!out)
-        fatal("out of memory (json)");
-    return out;
+    sb_init(&b);
+    jw_kstr(&b, "jid", r->jid ? r->jid : "");
+    jw_kstr(&b, "contact", r->contact ? r->contact : "");
+    jw_opt(&b, "id", r->id);
+    jw_kbool(&b, "receipt", r->receipt);
+    return jw_end(&b);
 }
 
 int outref_from_json(const char *json, struct outref *out, struct error *err)
 {
-    json_error_t je;
-    json_t *o;
+    struct jdoc d;
 
     memset(out, 0, sizeof(*out));
-    o = json ? json_loads(json, JSON_REJECT_DUPLICATES, &je) : NULL;
-    if (!o || !json_is_object(o) || get_req(o, "jid", &out->jid) < 0 ||
-        get_req(o, "contact", &out->contact) < 0 ||
-        get_opt(o, "id", &out->id) < 0) {
-        json_decref(o);
+    memset(&d, 0, sizeof(d));
+    if (!json || jdoc_parse(json, &d) != JP_OK ||
+        get_req(&d, "jid", &out->jid) < 0 ||
+        get_req(&d, "contact", &out->contact) < 0 ||
+        get_opt(&d, "id", &out->id) < 0) {
+        jdoc_free(&d);
         outref_free_fields(out);
         error_set(err, COND_BAD_REQUEST, false, "malformed receipt mapping");
         return -1;
     }
-    out->receipt = json_is_true(json_object_get(o, "receipt"));
-    json_decref(o);
+    out->receipt = is_true(&d, "receipt");
+    jdoc_free(&d);
     return 0;
 }
 
 /* ---- outbound queue ----------------------------------------------------*/
 
-#define OUT_CONCURRENCY 64
+#define OUT_CONCURRENCY 32
 /* reads of one outbound stream in flight at once, entries per read */
 #define OUT_MAX_READS 2
 #define OUT_READ_MAX 64

@@ -153,7 +153,7 @@ void queue_inbound_push(struct queue *q, const char *gw, const struct inmsg *m,
                         store_done_fn *fn, void *arg);
 /* Per-gateway outbound settings (0 = the default in brackets). */
 struct outbound_conf {
-    unsigned concurrency;   /* sends in flight per process [64] */
+    unsigned concurrency;   /* sends in flight per process [32] */
     unsigned max_age_s;     /* retry for at most this long [86400] */
     unsigned retry_base_ms; /* first retry delay [1000] */
     unsigned retry_cap_ms;  /* longest retry delay [300000] */

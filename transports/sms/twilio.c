@@ -182,15 +182,84 @@ static void map_code(long code, const char *message, struct error *err)
                   "the provider refused the message (Twilio error %ld)", code);
 }
 
+/* Past the JSON string at p ('"'); NULL when it does not end. */
+static const char *skip_string(const char *p, const char *end, bool *escaped)
+{
+    for (p++; p < end; p++) {
+        if (*p == '\\') {
+            *escaped = true;
+            p++;
+        } else if (*p == '"') {
+            return p + 1;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * The top-level "sid" of a successful answer without building a document
+ * (jansson's tree for Twilio's ~700-byte message resource cost more than
+ * the rest of a send): walks the top-level members, skipping nested
+ * values by depth. Returns the sid owned, or NULL when the answer is not
+ * the simple shape expected (the caller then asks jansson).
+ */
+static char *scan_sid(const char *p, size_t len)
+{
+    const char *end = p + len;
+    int depth = 0;
+    bool want_key = true, is_sid = false;
+
+    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+        p++;
+    if (p >= end || *p != '{')
+        return NULL;
+    for (p++; p < end; p++) {
+        char c = *p;
+        if (c == '"') {
+            bool esc = false;
+            const char *q = skip_string(p, end, &esc);
+            if (!q)
+                return NULL;
+            if (depth == 0 && want_key) {
+                is_sid = !esc && q - p == 5 && memcmp(p + 1, "sid", 3) == 0;
+            } else if (depth == 0 && is_sid) {
+                if (esc || q - p < 3)
+                    return NULL;
+                return xstrndup(p + 1, (size_t)(q - p - 2));
+            }
+            p = q - 1;
+        } else if (c == '{' || c == '[') {
+            depth++;
+        } else if (c == '}' || c == ']') {
+            if (depth-- == 0)
+                return NULL;
+        } else if (depth == 0 && c == ':') {
+            want_key = false;
+        } else if (depth == 0 && c == ',') {
+            want_key = true;
+            is_sid = false;
+        }
+    }
+    return NULL;
+}
+
 static int twilio_response(void *state, const struct http_response *resp,
                            int64_t now, char **provider_id, struct error *err)
 {
     struct twilio *tw = state;
-    json_t *doc = json_loadb(resp->body, resp->body_len, 0, NULL);
+    json_t *doc;
     const char *message = NULL;
     long code = 0;
     int rc = -1;
 
+    if (resp->status >= 200 && resp->status < 300 && resp->body) {
+        char *sid = scan_sid(resp->body, resp->body_len);
+        if (sid) {
+            *provider_id = sid;
+            return 0;
+        }
+    }
+    doc = json_loadb(resp->body, resp->body_len, 0, NULL);
     if (doc && json_is_object(doc)) {
         json_t *c = json_object_get(doc, "code");
         message = json_string_value(json_object_get(doc, "message"));
