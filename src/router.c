@@ -116,6 +116,9 @@ struct op {
     bool has_derr;
     router_delivery_done_fn *ddone;
     void *ddone_arg;
+    /* message_to_contact: sender lookup retried while Redis is away */
+    uint64_t started;
+    unsigned attempts;
 };
 
 /* A stanza as received, with its addresses split once. */
@@ -1340,6 +1343,26 @@ static void on_limits(void *arg, const struct error *err)
     op_free(op);
 }
 
+/*
+ * While Redis is unreachable (a restart takes seconds) the sender's message
+ * is kept in memory and its lookup retried; only after OWNER_RETRY_MS does
+ * the sender get remote-server-timeout (SPEC 6).
+ */
+#define OWNER_RETRY_MS 30000
+
+static void on_msg_owner(const struct error *err, const char *value,
+                         void *arg);
+
+static void on_owner_retry(evutil_socket_t fd, short what, void *arg)
+{
+    struct op *op = arg;
+    (void)fd;
+    (void)what;
+    if (op_orphaned(op))
+        return;
+    store_reg_get_addr(op->r->store, op->r->gw, op->bare, on_msg_owner, op);
+}
+
 static void on_msg_owner(const struct error *err, const char *value, void *arg)
 {
     struct op *op = arg;
@@ -1351,7 +1374,21 @@ static void on_msg_owner(const struct error *err, const char *value, void *arg)
     if (op_orphaned(op))
         return;
     r = op->r;
-    if (err) {
+    if (err && err->temporary && !r->stopped &&
+        now_ms() - op->started < OWNER_RETRY_MS) {
+        uint64_t ms = backoff_ms(op->attempts++, 250, 4000);
+        struct timeval tv = {(time_t)(ms / 1000),
+                             (suseconds_t)(ms % 1000) * 1000};
+        event_base_once(store_event_base(r->store), -1, EV_TIMEOUT,
+                        on_owner_retry, op, &tv);
+        return;
+    }
+    if (err && err->temporary) {
+        error_set(&e, COND_REMOTE_SERVER_TIMEOUT, true,
+                  "The gateway cannot reach its storage (%s); the message "
+                  "was not sent, try again later",
+                  err->msg);
+    } else if (err) {
         e = *err;
         fix_error(&e);
     } else if (!value) {
@@ -1411,6 +1448,7 @@ static void message_to_contact(struct router *r, const struct in *in,
     }
     op = op_new(r, ORIGIN_NONE, in);
     op->addr = xstrdup(addr);
+    op->started = now_ms();
     store_reg_get_addr(r->store, r->gw, in->bare, on_msg_owner, op);
 }
 

@@ -91,13 +91,8 @@ class TestSmsRedisRestart(sms_rig.SmsStackTest):
         self.alice.barrier(SMS_JID)
         self.assertNoErrors(self.alice, mid)
 
-    # BUG: src/router.c on_msg_owner answers an error of the registration
-    # lookup (store_reg_get_addr) at once with the store's error:
-    # internal-server-error (wait) "Redis is unavailable". A message sent
-    # during a 4 s Redis restart is bounced immediately instead of being
-    # kept and retried for ~30 s (issue-3 design, outbound step 1), and
-    # the condition is not SPEC 6's remote-server-timeout.
-    @unittest.expectedFailure
+    # A message sent while Redis restarts is kept in memory and its
+    # sender lookup retried (router.c, OWNER_RETRY_MS), then queued.
     def test_outbound_kept_across_restart(self):
         st = self.stack
         out_down = ["out-down-%d" % i for i in range(3)]
