@@ -282,13 +282,6 @@ bool e164_has_prefix(const char *e164, const char *prefix)
  */
 static const char escapable[] = " \"&'/:<>@\\";
 
-static int hexval(int c)
-{
-    if (is_digit(c))
-        return c - '0';
-    return to_lower(c) - 'a' + 10;
-}
-
 /* The character a lowercase "\XX" at s stands for, or 0. */
 static char escaped_char(const char *s)
 {
@@ -299,7 +292,7 @@ static char escaped_char(const char *s)
         return 0;
     if ((s[1] >= 'A' && s[1] <= 'F') || (s[2] >= 'A' && s[2] <= 'F'))
         return 0;
-    c = hexval((unsigned char)s[1]) * 16 + hexval((unsigned char)s[2]);
+    c = hex_value(s[1]) * 16 + hex_value(s[2]);
     if (c == 0 || !strchr(escapable, c))
         return 0;
     return (char)c;
@@ -475,8 +468,7 @@ int email_normalize(const char *in, char *out, size_t size)
             if (*in == '%' && end - in >= 3 &&
                 is_xdigit((unsigned char)in[1]) &&
                 is_xdigit((unsigned char)in[2])) {
-                buf[n++] = (char)(hexval((unsigned char)in[1]) * 16 +
-                                  hexval((unsigned char)in[2]));
+                buf[n++] = (char)(hex_value(in[1]) * 16 + hex_value(in[2]));
                 in += 3;
             } else {
                 buf[n++] = *in++;

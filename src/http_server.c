@@ -122,18 +122,7 @@ struct http_server {
     struct http_request *pending;
 };
 
-/* ---- percent-decoding ---- */
-
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
+/* ---- paths ---- */
 
 /* A "." or ".." segment: a proxy in front would resolve it, we would not. */
 static bool has_dot_segment(const char *path)
@@ -155,28 +144,12 @@ static bool has_dot_segment(const char *path)
  */
 static char *decode_path(const char *raw)
 {
-    size_t n = strlen(raw);
-    char *out, *o;
+    char *out;
 
     if (raw[0] != '/')
         return NULL;
-    out = o = xmalloc(n + 1);
-    for (size_t i = 0; i < n; i++) {
-        if (raw[i] != '%') {
-            *o++ = raw[i];
-            continue;
-        }
-        int hi = i + 2 < n ? hexval(raw[i + 1]) : -1;
-        int lo = i + 2 < n ? hexval(raw[i + 2]) : -1;
-        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-            free(out);
-            return NULL;
-        }
-        *o++ = (char)(hi * 16 + lo);
-        i += 2;
-    }
-    *o = '\0';
-    if (has_dot_segment(out)) {
+    out = pct_decode(raw, strlen(raw), false);
+    if (out && has_dot_segment(out)) {
         free(out);
         return NULL;
     }

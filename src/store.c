@@ -118,44 +118,6 @@ static void link_open(struct store *s);
 
 /* ---- URL ---------------------------------------------------------------*/
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* Percent-decodes [p, p+n) into a new string; NULL when malformed. */
-static char *pct_decode(const char *p, size_t n)
-{
-    char *out = xmalloc(n + 1), *o = out;
-    for (size_t i = 0; i < n; i++) {
-        if (p[i] == '%') {
-            int h, l;
-            if (i + 2 >= n) {
-                free(out);
-                return NULL;
-            }
-            h = hexval(p[i + 1]);
-            l = hexval(p[i + 2]);
-            if (h < 0 || l < 0 || (h == 0 && l == 0)) {
-                free(out);
-                return NULL;
-            }
-            *o++ = (char)(h * 16 + l);
-            i += 2;
-        } else {
-            *o++ = p[i];
-        }
-    }
-    *o = '\0';
-    return out;
-}
-
 static int parse_uint(const char *p, size_t n, long max, long *out)
 {
     long v = 0;
@@ -207,7 +169,7 @@ static int parse_url(struct store *s, const char *url, struct error *err)
         if (!colon) /* "redis://password@host" is a common spelling */
             colon = p - 1;
         if (colon >= p) {
-            s->user = pct_decode(p, (size_t)(colon - p));
+            s->user = pct_decode(p, (size_t)(colon - p), false);
             if (!s->user)
                 goto bad;
             if (!*s->user) {
@@ -215,7 +177,7 @@ static int parse_url(struct store *s, const char *url, struct error *err)
                 s->user = NULL;
             }
         }
-        s->password = pct_decode(colon + 1, (size_t)(at - colon - 1));
+        s->password = pct_decode(colon + 1, (size_t)(at - colon - 1), false);
         if (!s->password)
             goto bad;
         p = at + 1;
@@ -485,7 +447,7 @@ static void redis_cb(redisAsyncContext *ac, void *reply, void *privdata)
 static void cmd_send(struct store *s, struct cmd *c, int argc,
                      const char **argv)
 {
-    size_t lens_small[MAX_ARGS];
+    size_t lens_small[MAX_ARGS] = {0};
     size_t *lens = lens_small;
     const char *sha_argv[MAX_ARGS];
     const char **send_argv = argv;

@@ -266,3 +266,41 @@ bool str_blank(const char *s)
             return false;
     return true;
 }
+
+int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+char *pct_decode(const char *s, size_t n, bool plus_is_space)
+{
+    char *out = xmalloc(n + 1), *o = out;
+
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '%') {
+            int h = i + 2 < n ? hex_value(s[i + 1]) : -1;
+            int l = i + 2 < n ? hex_value(s[i + 2]) : -1;
+            if (h < 0 || l < 0 || (h == 0 && l == 0))
+                goto bad;
+            *o++ = (char)(h * 16 + l);
+            i += 2;
+        } else if (s[i] == '+' && plus_is_space) {
+            *o++ = ' ';
+        } else if (s[i] == '\0') {
+            goto bad;
+        } else {
+            *o++ = s[i];
+        }
+    }
+    *o = '\0';
+    return out;
+bad:
+    free(out);
+    return NULL;
+}

@@ -113,4 +113,13 @@ char *str_trim(char *s);
 /* true when s has only whitespace (or is empty). */
 bool str_blank(const char *s);
 
+/* Value of a hex digit (either case), -1 when c is not one. */
+int hex_value(char c);
+/*
+ * Percent-decodes [s, s+n) into a new string (free with free()); with
+ * plus_is_space, '+' means ' ' (application/x-www-form-urlencoded). NULL
+ * when an escape is malformed or the result would contain a NUL byte.
+ */
+char *pct_decode(const char *s, size_t n, bool plus_is_space);
+
 #endif

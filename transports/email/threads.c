@@ -13,15 +13,6 @@
 
 #include "addr.h"
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
 void email_thread_uuid(const unsigned char rnd[16],
                        char out[EMAIL_THREAD_UUID_SIZE])
 {
@@ -48,7 +39,8 @@ void email_thread_new(char out[EMAIL_THREAD_UUID_SIZE])
 
     random_hex(h, 16);
     for (size_t i = 0; i < 16; i++)
-        b[i] = (unsigned char)(hexval(h[2 * i]) * 16 + hexval(h[2 * i + 1]));
+        b[i] =
+            (unsigned char)(hex_value(h[2 * i]) * 16 + hex_value(h[2 * i + 1]));
     email_thread_uuid(b, out);
 }
 

@@ -574,50 +574,6 @@ void sms_status_free(struct sms_status *s)
     memset(s, 0, sizeof(*s));
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* Decodes one form component; NULL on a bad escape or a NUL byte. */
-static char *form_decode(const char *s, size_t n)
-{
-    char *out = xmalloc(n + 1), *o = out;
-
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == '+') {
-            *o++ = ' ';
-        } else if (s[i] == '%') {
-            int h, l;
-            if (i + 2 >= n) {
-                free(out);
-                return NULL;
-            }
-            h = hexval(s[i + 1]);
-            l = hexval(s[i + 2]);
-            if (h < 0 || l < 0 || (h == 0 && l == 0)) {
-                free(out);
-                return NULL;
-            }
-            *o++ = (char)(h * 16 + l);
-            i += 2;
-        } else if (s[i] == '\0') {
-            free(out);
-            return NULL;
-        } else {
-            *o++ = s[i];
-        }
-    }
-    *o = '\0';
-    return out;
-}
-
 int sms_form_parse(const char *s, size_t len, struct sms_form *out)
 {
     size_t i = 0, cap = 0;
@@ -636,8 +592,9 @@ int sms_form_parse(const char *s, size_t len, struct sms_form *out)
         eq = i;
         while (eq < end && s[eq] != '=')
             eq++;
-        name = form_decode(s + i, eq - i);
-        value = eq < end ? form_decode(s + eq + 1, end - eq - 1) : xstrdup("");
+        name = pct_decode(s + i, eq - i, true);
+        value =
+            eq < end ? pct_decode(s + eq + 1, end - eq - 1, true) : xstrdup("");
         if (!name || !value) {
             free(name);
             free(value);
@@ -1030,8 +987,7 @@ static void handle_status(struct transport *t, struct http_request *req,
         log_info(t->module, "webhook: status of %s: %s%s%s", st->provider_id,
                  names[st->state], st->state == DELIVERY_FAILED ? ": " : "",
                  st->state == DELIVERY_FAILED ? st->err.msg : "");
-        t->host->delivery(t->host->delivery_arg, t, st->provider_id,
-                          st->state,
+        t->host->delivery(t->host->delivery_arg, t, st->provider_id, st->state,
                           st->state == DELIVERY_FAILED ? &st->err : NULL,
                           status_done, req);
         sms_status_free(st);
