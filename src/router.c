@@ -1350,8 +1350,7 @@ static void on_limits(void *arg, const struct error *err)
  */
 #define OWNER_RETRY_MS 30000
 
-static void on_msg_owner(const struct error *err, const char *value,
-                         void *arg);
+static void on_msg_owner(const struct error *err, const char *value, void *arg);
 
 static void on_owner_retry(evutil_socket_t fd, short what, void *arg)
 {
