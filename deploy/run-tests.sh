@@ -99,7 +99,7 @@ build() { # dir "targets or empty" cmake-args...
 }
 
 # Sanitizer reports must fail the test that triggered them.
-export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1}
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1:suppressions=$ROOT/tests/asan.supp}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
 stage "build-ci: -Werror, ASan+UBSan"

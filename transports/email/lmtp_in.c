@@ -108,6 +108,17 @@ static bool cmd_is(const char *line, size_t vlen, const char *verb)
 }
 
 /* Parses "<path>" at *pp; fills out; 0 or -1 with cmd->error set. */
+/* The line is not NUL-terminated: check [s, s+n) against the route set. */
+static bool route_chars_ok(const char *s, size_t n)
+{
+    static const char ok[] = "@.,-[]0123456789abcdefghijklmnopqrstuvwxyz"
+                             "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    for (size_t i = 0; i < n; i++)
+        if (!s[i] || !strchr(ok, s[i]))
+            return false;
+    return true;
+}
+
 static int parse_path(const char **pp, const char *end, struct lmtp_cmd *cmd,
                       bool allow_empty)
 {
@@ -156,8 +167,7 @@ static int parse_path(const char **pp, const char *end, struct lmtp_cmd *cmd,
         const char *colon = memchr(start, ':', n);
         size_t rlen = colon ? (size_t)(colon - start) : 0;
         /* a route is "@host,@host": hosts, dots, commas, literals */
-        if (!colon || strspn(start, "@.,-[]0123456789abcdefghijklmnopqrstuvwxyz"
-                                    "ABCDEFGHIJKLMNOPQRSTUVWXYZ") < rlen) {
+        if (!colon || !route_chars_ok(start, rlen)) {
             cmd->error = "501 5.1.3 Bad address syntax";
             return -1;
         }
