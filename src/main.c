@@ -351,8 +351,10 @@ static void app_free(struct app *app)
     free(app->gws);
     if (app->queue)
         queue_free(app->queue);
+    metrics_queue_poll_stop();
     if (app->store)
         store_free(app->store);
+    metrics_free_all();
     if (app->ev_term)
         event_free(app->ev_term);
     if (app->ev_int)
@@ -386,6 +388,8 @@ static int app_start(struct app *app, struct error *err)
     hostname[sizeof(hostname) - 1] = '\0';
     snprintf(consumer, sizeof(consumer), "%s:%ld", hostname, (long)getpid());
     app->queue = queue_new(app->base, app->store, consumer);
+    /* queue depths for /metrics, read from Redis every 5 s */
+    metrics_queue_poll_start(app->base, app->store, cfg, 5000);
     if (cfg->http.listen && *cfg->http.listen) {
         app->http = http_server_new(app->base, cfg->http.listen,
                                     cfg->http.max_body, cfg->http.timeout, err);
