@@ -222,8 +222,8 @@ static void notices(void **state)
         "{\"k\":\"bogus\",\"jid\":\"a@b/c\",\"contact\":\"x@y\"}",
         "{\"k\":\"error\",\"jid\":\"a@b/c\",\"contact\":\"x@y\"}", /* cond */
         "{\"k\":\"error\",\"jid\":\"a@b/c\",\"contact\":\"x@y\",\"cond\":0}",
-        "{\"k\":\"error\",\"jid\":\"a@b/c\",\"contact\":\"x@y\","
-        "\"cond\":999}",
+        ("{\"k\":\"error\",\"jid\":\"a@b/c\",\"contact\":\"x@y\","
+         "\"cond\":999}"),
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         if (inmsg_from_json(bad[i], &out, &err) != -1)

@@ -516,8 +516,8 @@ static void test_split_mixed_text_order(void **state)
         "w\xc3\xb6rld",
         "\xf0\x9f\x98\x9c",
         "caf\xc3\xa9\n",
-        "\xe2\x82\xac"
-        "5",
+        ("\xe2\x82\xac"
+         "5"),
         "a-very-long-word-without-any-break",
     };
     struct strbuf b;
