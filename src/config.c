@@ -23,6 +23,7 @@
 #include <strings.h>
 
 #include "log.h"
+#include "netaddr.h"
 
 #define SECRET_MAX (64 * 1024)
 #define MiB (1024.0 * 1024.0)
@@ -351,41 +352,27 @@ static bool port_ok(const char *p)
     return n > 0 && p[n] == '\0' && v >= 1 && v <= 65535;
 }
 
+/*
+ * The listeners parse with netaddr_parse_listen: --check accepts exactly
+ * what they can bind, so a host name is refused here, not at start-up.
+ */
 static const char *check_listen(struct ctx *x, char *s)
 {
-    const char *port;
+    struct sockaddr_storage ss;
+    socklen_t len;
+    const char *colon = strrchr(s, ':');
 
     (void)x;
-    if (s[0] == '[') {
-        const char *close = strchr(s, ']');
-        bool colon = false;
-        if (!close || close == s + 1 || close[1] != ':')
-            return "not host:port or [v6]:port";
-        for (const char *p = s + 1; p < close; p++) {
-            if (*p == ':')
-                colon = true;
-            else if (!(is_digit(*p) || (*p >= 'a' && *p <= 'f') ||
-                       (*p >= 'A' && *p <= 'F') || *p == '.'))
-                return "not an IPv6 address inside [ ]";
-        }
-        if (!colon)
-            return "not an IPv6 address inside [ ]";
-        port = close + 2;
-    } else {
-        const char *colon = strrchr(s, ':');
-        if (!colon || colon == s)
-            return "not host:port or [v6]:port";
-        for (const char *p = s; p < colon; p++) {
-            if (*p == ':')
-                return "an IPv6 address needs brackets: [::1]:port";
-            if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
-                  is_digit(*p) || *p == '.' || *p == '-' || *p == '_'))
-                return "not host:port or [v6]:port";
-        }
-        port = colon + 1;
-    }
-    if (!port_ok(port))
+    if (s[0] != '[' && colon && memchr(s, ':', (size_t)(colon - s)))
+        return "an IPv6 address needs brackets: [::1]:port";
+    if (!colon || colon == s || (s[0] == '[' && colon[-1] != ']'))
+        return "not host:port or [v6]:port";
+    if (!port_ok(colon + 1))
         return "not host:port or [v6]:port (port 1..65535)";
+    if (netaddr_parse_listen(s, &ss, &len) != 0)
+        return "not host:port or [v6]:port with a numeric host (an IPv4 "
+               "or IPv6 address, localhost or *): a name would need a DNS "
+               "lookup";
     return NULL;
 }
 

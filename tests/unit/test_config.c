@@ -677,6 +677,18 @@ static void test_providers(void **state)
                 "http.public_url: missing: provider \"twilio\" of "
                 "gateways.[0] sends webhooks there");
     assert_int_equal(n_lines(f->errs), 2);
+
+    /* --check accepts only what the listeners can bind without DNS */
+    assert_int_equal(load_gws(f,
+                              "http = {\n"
+                              "  listen = \"gw.example.org:8080\"; };\n",
+                              "name = \"sandbox\";", NULL, NULL, NULL),
+                     -1);
+    expect_line(f, 2,
+                "http.listen: \"gw.example.org:8080\": not host:port or "
+                "[v6]:port with a numeric host (an IPv4 or IPv6 address, "
+                "localhost or *): a name would need a DNS lookup");
+    assert_int_equal(n_lines(f->errs), 1);
 }
 
 static void test_duplicate_jids(void **state)
