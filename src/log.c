@@ -100,28 +100,6 @@ void log_close(void)
     g_path[0] = '\0';
 }
 
-/* JSON string escaping into a fixed buffer; truncates safely. */
-static size_t json_escape(char *out, size_t size, const char *s)
-{
-    size_t o = 0;
-    for (; *s && o + 7 < size; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            out[o++] = '\\';
-            out[o++] = (char)c;
-        } else if (c == '\n') {
-            out[o++] = '\\';
-            out[o++] = 'n';
-        } else if (c < 0x20) {
-            o += (size_t)snprintf(out + o, size - o, "\\u%04x", c);
-        } else {
-            out[o++] = (char)c;
-        }
-    }
-    out[o] = '\0';
-    return o;
-}
-
 void log_write(int level, const char *module, const char *fmt, ...)
 {
     char msg[2048], line[4096 + 64], ts[40];
@@ -147,17 +125,22 @@ void log_write(int level, const char *module, const char *fmt, ...)
              (int)(tv.tv_usec / 1000));
 
     if (g_json) {
-        char emod[128], emsg[3000];
-        json_escape(emod, sizeof(emod), module ? module : "postern");
-        json_escape(emsg, sizeof(emsg), msg);
-        n = snprintf(line, sizeof(line),
-                     "{\"ts\":\"%s\",\"level\":\"%s\",\"module\":\"%s\","
-                     "\"msg\":\"%s\"}\n",
-                     ts, log_level_name(level), emod, emsg);
-    } else {
-        n = snprintf(line, sizeof(line), "%s %-7s %s: %s\n", ts,
-                     log_level_name(level), module ? module : "postern", msg);
+        /* one JSON object per line, never cut: built whole, one write */
+        struct strbuf b;
+        sb_init(&b);
+        sb_printf(&b, "{\"ts\":\"%s\",\"level\":\"%s\",\"module\":", ts,
+                  log_level_name(level));
+        json_quote(&b, module ? module : "postern");
+        sb_puts(&b, ",\"msg\":");
+        json_quote(&b, msg);
+        sb_puts(&b, "}\n");
+        ssize_t w = write(g_fd, b.s, b.len);
+        (void)w;
+        sb_free(&b);
+        return;
     }
+    n = snprintf(line, sizeof(line), "%s %-7s %s: %s\n", ts,
+                 log_level_name(level), module ? module : "postern", msg);
     if (n < 0)
         return;
     if ((size_t)n >= sizeof(line)) {

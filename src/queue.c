@@ -82,39 +82,6 @@ void inmsg_free_fields(struct inmsg *m)
     memset(m, 0, sizeof(*m));
 }
 
-/* Length of a valid UTF-8 sequence at p (max n bytes), 0 when invalid. */
-static size_t utf8_seq(const unsigned char *p, size_t n)
-{
-    size_t len;
-    unsigned cp;
-
-    if (p[0] < 0x80)
-        return 1;
-    if (p[0] >= 0xc2 && p[0] <= 0xdf) {
-        len = 2;
-        cp = p[0] & 0x1f;
-    } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
-        len = 3;
-        cp = p[0] & 0x0f;
-    } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
-        len = 4;
-        cp = p[0] & 0x07;
-    } else {
-        return 0;
-    }
-    if (len > n)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3f);
-    }
-    if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
-        cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return len;
-}
-
 /*
  * The codec writes JSON directly and reads it with a small parser built
  * for these flat objects (strings, integers, booleans, null, arrays of
@@ -125,59 +92,6 @@ static size_t utf8_seq(const unsigned char *p, size_t n)
  * integers, nesting deeper than it follows) is handed to jansson and
  * converted, so both paths share one validation.
  */
-
-static void jw_str(struct strbuf *b, const char *s)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    size_t n = strlen(s), run = 0;
-
-    sb_putc(b, '"');
-    for (size_t i = 0; i < n;) {
-        unsigned char ch = p[i];
-        const char *esc = NULL;
-        char u[8];
-        size_t l = 1;
-
-        if (ch >= 0x80) {
-            l = utf8_seq(p + i, n - i);
-            if (l) {
-                run += l;
-                i += l;
-                continue;
-            }
-            /* invalid UTF-8 (a provider's garbage) becomes U+FFFD */
-            esc = "\xef\xbf\xbd";
-            l = 1;
-        } else if (ch == '"') {
-            esc = "\\\"";
-        } else if (ch == '\\') {
-            esc = "\\\\";
-        } else if (ch == '\n') {
-            esc = "\\n";
-        } else if (ch == '\r') {
-            esc = "\\r";
-        } else if (ch == '\t') {
-            esc = "\\t";
-        } else if (ch == '\b') {
-            esc = "\\b";
-        } else if (ch == '\f') {
-            esc = "\\f";
-        } else if (ch < 0x20) {
-            snprintf(u, sizeof(u), "\\u%04x", ch);
-            esc = u;
-        } else {
-            run++;
-            i++;
-            continue;
-        }
-        sb_append(b, s + i - run, run);
-        run = 0;
-        sb_puts(b, esc);
-        i += l;
-    }
-    sb_append(b, s + n - run, run);
-    sb_putc(b, '"');
-}
 
 /* ,"key":"value" (the first member opens the object). */
 static void jw_key(struct strbuf *b, const char *key)
@@ -191,7 +105,7 @@ static void jw_key(struct strbuf *b, const char *key)
 static void jw_kstr(struct strbuf *b, const char *key, const char *v)
 {
     jw_key(b, key);
-    jw_str(b, v);
+    json_quote(b, v);
 }
 
 static void jw_opt(struct strbuf *b, const char *key, const char *v)
@@ -219,7 +133,7 @@ static void jw_media(struct strbuf *b, char *const *media, size_t n)
     for (size_t i = 0; i < n; i++) {
         if (i)
             sb_putc(b, ',');
-        jw_str(b, media[i]);
+        json_quote(b, media[i]);
     }
     sb_putc(b, ']');
 }
@@ -370,8 +284,8 @@ static int jp_string(struct jp *j, char **out)
         if (ch < 0x20)
             goto bad;
         if (ch >= 0x80) {
-            size_t l =
-                utf8_seq((const unsigned char *)j->p, (size_t)(j->end - j->p));
+            size_t l = utf8_seq_len((const unsigned char *)j->p,
+                                    (size_t)(j->end - j->p));
             if (!l)
                 goto bad;
             j->p += l;

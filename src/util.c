@@ -304,3 +304,88 @@ bad:
     free(out);
     return NULL;
 }
+
+size_t utf8_seq_len(const unsigned char *p, size_t n)
+{
+    size_t len;
+    unsigned cp;
+
+    if (p[0] < 0x80)
+        return 1;
+    if (p[0] >= 0xc2 && p[0] <= 0xdf) {
+        len = 2;
+        cp = p[0] & 0x1f;
+    } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+        len = 3;
+        cp = p[0] & 0x0f;
+    } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+        len = 4;
+        cp = p[0] & 0x07;
+    } else {
+        return 0;
+    }
+    if (len > n)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3f);
+    }
+    if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+        cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return len;
+}
+
+void json_quote(struct strbuf *b, const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t n = strlen(s), run = 0;
+
+    sb_putc(b, '"');
+    for (size_t i = 0; i < n;) {
+        unsigned char ch = p[i];
+        const char *esc = NULL;
+        char u[8];
+        size_t l = 1;
+
+        if (ch >= 0x80) {
+            l = utf8_seq_len(p + i, n - i);
+            if (l) {
+                run += l;
+                i += l;
+                continue;
+            }
+            /* invalid UTF-8 (a provider's garbage) becomes U+FFFD */
+            esc = "\xef\xbf\xbd";
+            l = 1;
+        } else if (ch == '"') {
+            esc = "\\\"";
+        } else if (ch == '\\') {
+            esc = "\\\\";
+        } else if (ch == '\n') {
+            esc = "\\n";
+        } else if (ch == '\r') {
+            esc = "\\r";
+        } else if (ch == '\t') {
+            esc = "\\t";
+        } else if (ch == '\b') {
+            esc = "\\b";
+        } else if (ch == '\f') {
+            esc = "\\f";
+        } else if (ch < 0x20) {
+            snprintf(u, sizeof(u), "\\u%04x", ch);
+            esc = u;
+        } else {
+            run++;
+            i++;
+            continue;
+        }
+        sb_append(b, s + i - run, run);
+        run = 0;
+        sb_puts(b, esc);
+        i += l;
+    }
+    sb_append(b, s + n - run, run);
+    sb_putc(b, '"');
+}

@@ -122,4 +122,16 @@ int hex_value(char c);
  */
 char *pct_decode(const char *s, size_t n, bool plus_is_space);
 
+/*
+ * Length of the valid UTF-8 sequence at p (at most n bytes readable), 0
+ * when invalid: overlong forms, surrogates and code points above U+10FFFF
+ * are refused.
+ */
+size_t utf8_seq_len(const unsigned char *p, size_t n);
+/*
+ * Appends s as a JSON string with its quotes; invalid UTF-8 becomes
+ * U+FFFD, control characters are escaped.
+ */
+void json_quote(struct strbuf *b, const char *s);
+
 #endif

@@ -154,38 +154,14 @@ const char *xnode_child_text(const struct xnode *n, const char *name,
     return k ? k->text : NULL;
 }
 
-/* Length of a valid UTF-8 sequence at s, 0 if invalid. */
+/* Length of a valid UTF-8 sequence at s that is an XML character, or 0. */
 static size_t utf8_len(const unsigned char *s)
 {
-    unsigned char c = s[0];
-    size_t len;
-    unsigned cp;
+    size_t len = utf8_seq_len(s, strnlen((const char *)s, 4));
 
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf) {
-        len = 2;
-        cp = c & 0x1f;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        len = 3;
-        cp = c & 0x0f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3f);
-    }
-    if ((len == 3 && cp < 0x800) ||
-        (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-        return 0;
-    if (cp >= 0xd800 && cp <= 0xdfff)
-        return 0;
-    if (cp == 0xfffe || cp == 0xffff)
+    /* U+FFFE and U+FFFF are valid UTF-8 but not XML characters */
+    if (len == 3 && s[0] == 0xef && s[1] == 0xbf &&
+        (s[2] == 0xbe || s[2] == 0xbf))
         return 0;
     return len;
 }
