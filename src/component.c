@@ -202,14 +202,8 @@ static void run_once(struct component *c)
     update_events(c);
 }
 
-static void on_read(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    run_once(arg);
-}
-
-static void on_write(evutil_socket_t fd, short what, void *arg)
+/* Readable or writable: libstrophe's select() sorts out which. */
+static void on_socket(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
@@ -258,8 +252,7 @@ static void update_events(struct component *c)
 {
     if (c->fd < 0 || !c->ev_write)
         return;
-    bool want =
-        c->state == CS_CONNECTING ? !xmpp_conn_is_connected(c->conn) : false;
+    bool want = c->state == CS_CONNECTING && !xmpp_conn_is_connected(c->conn);
     /* a pending flush writes first; the event only if data is left */
     if (xmpp_conn_is_connected(c->conn) && !c->flush_pending &&
         xmpp_conn_send_queue_len(c->conn) > 0)
@@ -486,8 +479,9 @@ static void connect_now(struct component *c)
         schedule_retry(c);
         return;
     }
-    c->ev_read = event_new(c->base, c->fd, EV_READ | EV_PERSIST, on_read, c);
-    c->ev_write = event_new(c->base, c->fd, EV_WRITE | EV_PERSIST, on_write, c);
+    c->ev_read = event_new(c->base, c->fd, EV_READ | EV_PERSIST, on_socket, c);
+    c->ev_write =
+        event_new(c->base, c->fd, EV_WRITE | EV_PERSIST, on_socket, c);
     event_add(c->ev_read, NULL);
     update_events(c);
     log_info(c->module, "connecting to %s:%d", c->addr, c->port);
